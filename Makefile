@@ -1,0 +1,40 @@
+# SPDX-License-Identifier: GPL-2.0
+#
+# virtio_balloon_hp: out-of-tree build.  Kbuild (beside this file) says what
+# to build; this Makefile drives kbuild and the project's test commands.
+#
+#   make                  build against KDIR (default: the running kernel)
+#   make install          install the module and the modprobe.d blacklist
+#   make check            install test dependencies, run the QEMU test suite
+#   make demo             boot a guest and inflate/deflate it live
+#   make lint             checkpatch --strict and sparse against KDIR
+
+KDIR ?= /lib/modules/$(shell uname -r)/build
+PYTHON ?= /usr/bin/python3
+
+all: modules
+
+modules:
+	$(MAKE) -C $(KDIR) M=$(CURDIR) W=1 modules
+
+clean:
+	$(MAKE) -C $(KDIR) M=$(CURDIR) clean
+
+install: modules
+	$(MAKE) -C $(KDIR) M=$(CURDIR) modules_install
+	install -D -m 0644 virtio_balloon_hp.modprobe.conf \
+		$(DESTDIR)/etc/modprobe.d/virtio_balloon_hp.conf
+	depmod -a
+
+check:
+	bash tests/setup.sh
+	$(PYTHON) tests/run_tests.py $(TESTS)
+
+demo:
+	bash tests/setup.sh
+	$(PYTHON) tests/demo.py
+
+lint:
+	bash tests/lint.sh $(KDIR)
+
+.PHONY: all modules clean install check demo lint

@@ -1,0 +1,177 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/*
+ * balloon_hp.h - internal data structures of virtio_balloon_hp.
+ *
+ * Lock order: vbhp->lock (mutex, one balloon operation at a time), then
+ * vbhp->stop_lock (spinlock, only around the "stopping" flag and work
+ * queueing).  Counters in vbhp->stats are atomic and read without locks.
+ */
+#ifndef _VBHP_BALLOON_HP_H
+#define _VBHP_BALLOON_HP_H
+
+#include <linux/atomic.h>
+#include <linux/list.h>
+#include <linux/mutex.h>
+#include <linux/spinlock.h>
+#include <linux/virtio.h>
+#include <linux/virtio_balloon.h>
+#include <linux/wait.h>
+#include <linux/workqueue.h>
+
+#include "compat.h"
+#include "uapi/linux/virtio_balloon_hp.h"
+
+#define VBHP_NR_ORDERS		(VBHP_MAX_ORDER + 1)
+
+/* 4 KiB wire frames per guest page (1 on x86). */
+#define VBHP_WIRE_PER_PAGE	(1U << (PAGE_SHIFT - VIRTIO_BALLOON_HP_PFN_SHIFT))
+
+/* The largest number of buffers one queue may have in flight. */
+#define VBHP_MAX_INFLIGHT	64
+
+/**
+ * enum vbhp_xfer_id - the queues that carry frame numbers.
+ * @VBHP_XFER_INFLATE: blocks given to the host.
+ * @VBHP_XFER_DEFLATE: blocks taken back from the host.
+ * @VBHP_XFER_NUM: number of transfer queues.
+ */
+enum vbhp_xfer_id {
+	VBHP_XFER_INFLATE,
+	VBHP_XFER_DEFLATE,
+	VBHP_XFER_NUM,
+};
+
+/**
+ * enum vbhp_order_stat - counters kept for every block order.
+ * @VBHP_OSTAT_ALLOC: blocks of this order allocated for the balloon.
+ * @VBHP_OSTAT_ALLOC_FAIL: failed attempts to allocate a block of this order.
+ * @VBHP_OSTAT_FREE: blocks of this order given back to the page allocator.
+ * @VBHP_OSTAT_NUM: number of per-order counters.
+ */
+enum vbhp_order_stat {
+	VBHP_OSTAT_ALLOC,
+	VBHP_OSTAT_ALLOC_FAIL,
+	VBHP_OSTAT_FREE,
+	VBHP_OSTAT_NUM,
+};
+
+/**
+ * enum vbhp_xfer_stat - counters kept for every transfer queue.
+ * @VBHP_XSTAT_BUFS: buffers sent.
+ * @VBHP_XSTAT_PFNS: 4 KiB frame numbers sent.
+ * @VBHP_XSTAT_NUM: number of per-queue counters.
+ */
+enum vbhp_xfer_stat {
+	VBHP_XSTAT_BUFS,
+	VBHP_XSTAT_PFNS,
+	VBHP_XSTAT_NUM,
+};
+
+/**
+ * enum vbhp_stat - device-wide counters.
+ * @VBHP_STAT_FALLBACK: times an inflate dropped to a lower order.
+ * @VBHP_STAT_SPLIT: held blocks split into order-0 pages to deflate exactly.
+ * @VBHP_STAT_STALL: inflate rounds stopped short (no memory, or reserve hit).
+ * @VBHP_STAT_NUM: number of device-wide counters.
+ */
+enum vbhp_stat {
+	VBHP_STAT_FALLBACK,
+	VBHP_STAT_SPLIT,
+	VBHP_STAT_STALL,
+	VBHP_STAT_NUM,
+};
+
+/**
+ * struct vbhp_buf - one buffer of frame numbers, as sent to the host.
+ * @pfns: the payload: little-endian 4 KiB frame numbers.
+ * @nr_pfns: how many entries of @pfns are used.
+ * @blocks: blocks whose last frame is in this buffer; they change hands
+ *	(join the balloon, or go back to the guest) when this buffer and
+ *	every buffer before it have been acknowledged.
+ * @acked: the host has returned this buffer.
+ *
+ * Owned by the balloon worker under vbhp->lock.
+ */
+struct vbhp_buf {
+	__le32 pfns[VIRTIO_BALLOON_HP_PFNS_PER_BUF];
+	unsigned int nr_pfns;
+	struct list_head blocks;
+	bool acked;
+};
+
+/**
+ * struct vbhp_xfer - the pipeline of one transfer queue.
+ * @vq: the virtqueue.
+ * @id: which queue this is.
+ * @ring: @nr_slots buffers used in turn.
+ * @nr_slots: buffers that may be in flight at once (module parameter).
+ * @head: index in @ring of the oldest buffer in flight.
+ * @inflight: buffers sent and not yet retired; the buffer being filled is
+ *	@ring[(@head + @inflight) % @nr_slots].
+ * @stats: per-queue counters, enum vbhp_xfer_stat.
+ *
+ * All fields but @stats are protected by vbhp->lock; @inflight is also read
+ * locklessly by debugfs.
+ */
+struct vbhp_xfer {
+	struct virtqueue *vq;
+	enum vbhp_xfer_id id;
+	struct vbhp_buf *ring;
+	unsigned int nr_slots;
+	unsigned int head;
+	unsigned int inflight;
+	atomic64_t stats[VBHP_XSTAT_NUM];
+};
+
+/**
+ * struct vbhp - one virtio-balloon device driven by this module.
+ * @vdev: the virtio device.
+ * @lock: serialises balloon operations (inflate, deflate, teardown); taken
+ *	first, before @stop_lock.
+ * @stop_lock: protects @stopping against the config-change callback.
+ * @stopping: set on remove; no work is queued after it.
+ * @work: the balloon worker, moves the balloon toward the host's target.
+ * @acked: woken by the virtqueue callbacks when the host returns a buffer.
+ * @xfer: the inflate and deflate pipelines.
+ * @blocks: held blocks, one list per order, linked through page->lru;
+ *	protected by @lock.
+ * @nr_blocks: length of each list in @blocks; written under @lock, read
+ *	locklessly by debugfs.
+ * @num_pages: 4 KiB frames the host has acknowledged as inflated (what
+ *	"actual" reports); written under @lock.
+ * @alloc_order: order the current inflate round allocates at; drops on
+ *	failure and climbs back to @max_order at each new round; under @lock.
+ * @max_order: the largest block order this device uses (page_order).
+ * @reserve_pages: memory (pages) inflation always leaves available.
+ * @adjust_managed: ballooned pages leave MemTotal (no DEFLATE_ON_OOM).
+ * @stats_vq: the statistics queue, or NULL when not negotiated.
+ * @stats_work: refills and returns the statistics buffer.
+ * @stats_buf: the statistics reported to the host; owned by @stats_work.
+ * @ostats: per-order counters, enum vbhp_order_stat.
+ * @stats: device-wide counters, enum vbhp_stat.
+ * @debugfs: the debugfs stats file.
+ */
+struct vbhp {
+	struct virtio_device *vdev;
+	struct mutex lock;
+	spinlock_t stop_lock;
+	bool stopping;
+	struct delayed_work work;
+	wait_queue_head_t acked;
+	struct vbhp_xfer xfer[VBHP_XFER_NUM];
+	struct list_head blocks[VBHP_NR_ORDERS];
+	unsigned long nr_blocks[VBHP_NR_ORDERS];
+	unsigned long num_pages;
+	unsigned int alloc_order;
+	unsigned int max_order;
+	unsigned long reserve_pages;
+	bool adjust_managed;
+	struct virtqueue *stats_vq;
+	struct work_struct stats_work;
+	struct virtio_balloon_stat stats_buf[VIRTIO_BALLOON_S_NR];
+	atomic64_t ostats[VBHP_NR_ORDERS][VBHP_OSTAT_NUM];
+	atomic64_t stats[VBHP_STAT_NUM];
+	struct dentry *debugfs;
+};
+
+#endif /* _VBHP_BALLOON_HP_H */

@@ -1,0 +1,843 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * virtio_balloon_hp: a virtio-balloon driver that moves memory in blocks of
+ * 2^page_order pages (2 MiB on x86 by default) instead of single pages.
+ *
+ * Design
+ * ------
+ * One worker (vbhp_work_fn) moves the balloon toward the host's target in
+ * rounds of bounded size, under vbhp->lock.  Inflating allocates naturally
+ * aligned blocks without __GFP_COMP and without retrying, reclaiming hard or
+ * invoking the OOM killer; when a block of the current order cannot be had
+ * the round drops to the next lower order, down to order 0, and every new
+ * round starts again at page_order.  Inflation also stops while less than
+ * reserve_mb of memory would stay available, so a host asking for more than
+ * the guest can give gets what can be given and the guest keeps running.
+ *
+ * Blocks are kept whole (not compound, not split) on one list per order:
+ * one list entry and one __free_pages() per block, and a block goes back to
+ * the buddy allocator in one piece.  Every 4 KiB frame of a held block is
+ * marked PageOffline so dump tools and /proc/kcore readers skip it.  Only a
+ * deflate that must end on a frame count smaller than the smallest held
+ * block splits one block into order-0 pages (split_page()).
+ *
+ * Deflating takes the smallest blocks first: they are the fallback blocks
+ * taken from fragmented memory, giving them back lets the guest's buddy
+ * allocator merge them again, and the big blocks -- the ones a host backs
+ * or maps in one piece -- stay in the balloon the longest.
+ *
+ * Frame numbers travel on the inflate and deflate queues in buffers of at
+ * most 256 4 KiB PFNs.  Several buffers may be in flight per queue
+ * (max_inflight), so the guest fills the next buffer while the host works
+ * on the previous ones; buffers retire in the order they were sent, and a
+ * block changes hands only when the buffer holding its last frame retires.
+ * Deflated blocks are given back to the page allocator in exactly one place,
+ * vbhp_blk_release_list(), which only ever runs on retired buffers: that is
+ * how VIRTIO_BALLOON_F_MUST_TELL_HOST is honoured.
+ */
+
+#define pr_fmt(fmt) KBUILD_MODNAME ": " fmt
+
+#include <linux/debugfs.h>
+#include <linux/gfp.h>
+#include <linux/kernel.h>
+#include <linux/log2.h>
+#include <linux/mm.h>
+#include <linux/module.h>
+#include <linux/scatterlist.h>
+#include <linux/seq_file.h>
+#include <linux/slab.h>
+#include <linux/swap.h>
+#include <linux/vmstat.h>
+#include <linux/virtio_config.h>
+
+#include "balloon_hp.h"
+
+static unsigned int page_order = 9;
+module_param(page_order, uint, 0444);
+MODULE_PARM_DESC(page_order,
+		 "Order of balloon blocks in pages (default 9 = 2 MiB with 4 KiB pages; valid 0 to the kernel's largest buddy order)");
+
+static unsigned int max_inflight = 8;
+module_param(max_inflight, uint, 0444);
+MODULE_PARM_DESC(max_inflight,
+		 "Buffers of 256 PFNs in flight per queue (default 8, valid 1-64)");
+
+static unsigned int reserve_mb;
+module_param(reserve_mb, uint, 0444);
+MODULE_PARM_DESC(reserve_mb,
+		 "Memory in MiB that inflation always leaves available to the guest (default 0 = automatic: 1/32 of RAM, 32 to 1024 MiB)");
+
+/* Balloon allocations fail fast and quietly instead of pressing the guest. */
+#define VBHP_GFP	(GFP_HIGHUSER | __GFP_NORETRY | __GFP_NOWARN | \
+			 __GFP_NOMEMALLOC)
+
+/* The most 4 KiB frames one worker round moves: 256 MiB. */
+#define VBHP_ROUND_FRAMES	(256UL << (20 - VIRTIO_BALLOON_HP_PFN_SHIFT))
+
+/* How long an inflate that found no memory waits before trying again. */
+#define VBHP_RETRY_DELAY	HZ
+
+static const char * const vbhp_xfer_names[VBHP_XFER_NUM] = {
+	[VBHP_XFER_INFLATE] = "inflate",
+	[VBHP_XFER_DEFLATE] = "deflate",
+};
+
+static const char * const vbhp_xfer_stat_names[VBHP_XSTAT_NUM] = {
+	[VBHP_XSTAT_BUFS] = "buffers",
+	[VBHP_XSTAT_PFNS] = "pfns",
+};
+
+static const char * const vbhp_order_stat_names[VBHP_OSTAT_NUM] = {
+	[VBHP_OSTAT_ALLOC] = "alloc",
+	[VBHP_OSTAT_ALLOC_FAIL] = "alloc_fail",
+	[VBHP_OSTAT_FREE] = "free",
+};
+
+static const char * const vbhp_stat_names[VBHP_STAT_NUM] = {
+	[VBHP_STAT_FALLBACK] = "fallbacks",
+	[VBHP_STAT_SPLIT] = "splits",
+	[VBHP_STAT_STALL] = "inflate_stalls",
+};
+
+static inline unsigned long vbhp_order_frames(unsigned int order)
+{
+	return (1UL << order) * VBHP_WIRE_PER_PAGE;
+}
+
+static inline void vbhp_count(atomic64_t *counter, long n)
+{
+	atomic64_add(n, counter);
+}
+
+/* ---- blocks: allocation, marking, the per-order lists ---- */
+
+static void vbhp_blk_set_offline(struct page *page, unsigned int order,
+				 bool offline)
+{
+	unsigned long i;
+
+	for (i = 0; i < (1UL << order); i++) {
+		if (offline)
+			__SetPageOffline(page + i);
+		else
+			__ClearPageOffline(page + i);
+	}
+}
+
+/* Allocate one block for the balloon; NULL when none of @order is free. */
+static struct page *vbhp_blk_alloc(struct vbhp *vb, unsigned int order)
+{
+	struct page *page = alloc_pages(VBHP_GFP, order);
+
+	if (page && (page_to_pfn(page) + (1UL << order)) * VBHP_WIRE_PER_PAGE >
+	    (u64)U32_MAX + 1) {
+		/* The wire carries 32-bit frame numbers: unusable here. */
+		__free_pages(page, order);
+		page = NULL;
+	}
+	if (!page) {
+		vbhp_count(&vb->ostats[order][VBHP_OSTAT_ALLOC_FAIL], 1);
+		return NULL;
+	}
+	vbhp_count(&vb->ostats[order][VBHP_OSTAT_ALLOC], 1);
+	set_page_private(page, order);
+	vbhp_blk_set_offline(page, order, true);
+	if (vb->adjust_managed)
+		adjust_managed_page_count(page, -(1L << order));
+	return page;
+}
+
+/* Give one block back to the page allocator. */
+static void vbhp_blk_free(struct vbhp *vb, struct page *page)
+{
+	unsigned int order = page_private(page);
+
+	if (vb->adjust_managed)
+		adjust_managed_page_count(page, 1L << order);
+	vbhp_blk_set_offline(page, order, false);
+	set_page_private(page, 0);
+	__free_pages(page, order);
+	vbhp_count(&vb->ostats[order][VBHP_OSTAT_FREE], 1);
+}
+
+static void vbhp_blk_hold(struct vbhp *vb, struct page *page)
+{
+	unsigned int order = page_private(page);
+
+	list_add(&page->lru, &vb->blocks[order]);
+	WRITE_ONCE(vb->nr_blocks[order], vb->nr_blocks[order] + 1);
+}
+
+static void vbhp_blk_unhold(struct vbhp *vb, struct page *page)
+{
+	unsigned int order = page_private(page);
+
+	list_del(&page->lru);
+	WRITE_ONCE(vb->nr_blocks[order], vb->nr_blocks[order] - 1);
+}
+
+/* The host acknowledged these inflated blocks: they join the balloon. */
+static void vbhp_blk_hold_list(struct vbhp *vb, struct list_head *list)
+{
+	struct page *page, *next;
+
+	list_for_each_entry_safe(page, next, list, lru) {
+		list_del(&page->lru);
+		vbhp_blk_hold(vb, page);
+		vb->num_pages += vbhp_order_frames(page_private(page));
+	}
+}
+
+/*
+ * The host acknowledged the buffers naming these deflated blocks.  This is
+ * the only place ballooned memory returns to the guest, and it is only
+ * reached from vbhp_xfer_retire(): VIRTIO_BALLOON_F_MUST_TELL_HOST holds by
+ * construction (and is kept without the feature too, at no cost).
+ */
+static void vbhp_blk_release_list(struct vbhp *vb, struct list_head *list)
+{
+	struct page *page, *next;
+
+	list_for_each_entry_safe(page, next, list, lru) {
+		list_del(&page->lru);
+		vb->num_pages -= vbhp_order_frames(page_private(page));
+		vbhp_blk_free(vb, page);
+	}
+}
+
+/* Split one held block of @order into order-0 blocks, all still held. */
+static void vbhp_blk_split(struct vbhp *vb, struct page *page)
+{
+	unsigned int order = page_private(page);
+	unsigned long i;
+
+	vbhp_blk_unhold(vb, page);
+	set_page_private(page, 0);
+	split_page(page, order);
+	for (i = 0; i < (1UL << order); i++)
+		vbhp_blk_hold(vb, page + i);
+	vbhp_count(&vb->stats[VBHP_STAT_SPLIT], 1);
+}
+
+/*
+ * Pick the next block to deflate, smallest order first, no larger than
+ * @frames (splitting one if needed); NULL once the balloon is empty.
+ */
+static struct page *vbhp_blk_pick(struct vbhp *vb, unsigned long frames)
+{
+	struct page *page;
+	unsigned int order;
+
+	for (order = 0; order < VBHP_NR_ORDERS; order++) {
+		page = list_first_entry_or_null(&vb->blocks[order],
+						struct page, lru);
+		if (!page)
+			continue;
+		if (vbhp_order_frames(order) > frames) {
+			if (!order)
+				return NULL;
+			vbhp_blk_split(vb, page);
+			page = list_first_entry(&vb->blocks[0], struct page,
+						lru);
+		}
+		vbhp_blk_unhold(vb, page);
+		return page;
+	}
+	return NULL;
+}
+
+/* ---- transfers: buffers of frame numbers in flight to the host ---- */
+
+static struct vbhp_buf *vbhp_xfer_cur(struct vbhp_xfer *x)
+{
+	return &x->ring[(x->head + x->inflight) % x->nr_slots];
+}
+
+/* Mark the buffers the host returned; true if there was at least one. */
+static bool vbhp_xfer_collect(struct vbhp_xfer *x)
+{
+	struct vbhp_buf *buf;
+	unsigned int len;
+	bool any = false;
+
+	while ((buf = virtqueue_get_buf(x->vq, &len))) {
+		buf->acked = true;
+		any = true;
+	}
+	return any;
+}
+
+/* Retire acknowledged buffers in the order they were sent. */
+static void vbhp_xfer_retire(struct vbhp *vb, struct vbhp_xfer *x)
+{
+	struct vbhp_buf *buf;
+
+	while (x->inflight && x->ring[x->head].acked) {
+		buf = &x->ring[x->head];
+		if (x->id == VBHP_XFER_INFLATE)
+			vbhp_blk_hold_list(vb, &buf->blocks);
+		else
+			vbhp_blk_release_list(vb, &buf->blocks);
+		buf->acked = false;
+		buf->nr_pfns = 0;
+		x->head = (x->head + 1) % x->nr_slots;
+		WRITE_ONCE(x->inflight, x->inflight - 1);
+	}
+}
+
+/* Wait until at least one more buffer in flight has been retired. */
+static void vbhp_xfer_wait(struct vbhp *vb, struct vbhp_xfer *x)
+{
+	unsigned int before = x->inflight;
+
+	while (x->inflight == before) {
+		wait_event(vb->acked, vbhp_xfer_collect(x));
+		vbhp_xfer_retire(vb, x);
+	}
+}
+
+/* Send the buffer being filled, if it holds anything. */
+static void vbhp_xfer_send(struct vbhp *vb, struct vbhp_xfer *x)
+{
+	struct vbhp_buf *buf = vbhp_xfer_cur(x);
+	struct scatterlist sg;
+	int err;
+
+	if (!buf->nr_pfns)
+		return;
+	sg_init_one(&sg, buf->pfns, buf->nr_pfns * sizeof(buf->pfns[0]));
+	/* Cannot fail: the ring never holds more than the vring's size. */
+	err = virtqueue_add_outbuf(x->vq, &sg, 1, buf, GFP_KERNEL);
+	WARN_ON_ONCE(err);
+	virtqueue_kick(x->vq);
+	WRITE_ONCE(x->inflight, x->inflight + 1);
+	vbhp_count(&x->stats[VBHP_XSTAT_BUFS], 1);
+	vbhp_count(&x->stats[VBHP_XSTAT_PFNS], buf->nr_pfns);
+}
+
+/* Queue the frames of one block, sending buffers as they fill up. */
+static void vbhp_xfer_add(struct vbhp *vb, struct vbhp_xfer *x,
+			  struct page *page)
+{
+	unsigned long frames = vbhp_order_frames(page_private(page));
+	unsigned long pfn = page_to_pfn(page) * VBHP_WIRE_PER_PAGE;
+	struct vbhp_buf *buf = vbhp_xfer_cur(x);
+	unsigned long i;
+
+	for (i = 0; i < frames; i++) {
+		if (buf->nr_pfns == VIRTIO_BALLOON_HP_PFNS_PER_BUF) {
+			vbhp_xfer_send(vb, x);
+			if (x->inflight == x->nr_slots)
+				vbhp_xfer_wait(vb, x);
+			buf = vbhp_xfer_cur(x);
+		}
+		buf->pfns[buf->nr_pfns++] = cpu_to_le32(pfn + i);
+	}
+	list_add_tail(&page->lru, &buf->blocks);
+}
+
+/* Send what is left and wait until the host has acknowledged everything. */
+static void vbhp_xfer_flush(struct vbhp *vb, struct vbhp_xfer *x)
+{
+	vbhp_xfer_send(vb, x);
+	while (x->inflight)
+		vbhp_xfer_wait(vb, x);
+}
+
+static int vbhp_xfer_init(struct vbhp_xfer *x, enum vbhp_xfer_id id)
+{
+	unsigned int i;
+
+	x->id = id;
+	x->nr_slots = min(max_inflight, virtqueue_get_vring_size(x->vq));
+	x->ring = kcalloc(x->nr_slots, sizeof(*x->ring), GFP_KERNEL);
+	if (!x->ring)
+		return -ENOMEM;
+	for (i = 0; i < x->nr_slots; i++)
+		INIT_LIST_HEAD(&x->ring[i].blocks);
+	return 0;
+}
+
+/* ---- the balloon: inflate and deflate toward the host's target ---- */
+
+static unsigned long vbhp_target(struct vbhp *vb)
+{
+	u32 num_pages;
+
+	virtio_cread_le(vb->vdev, struct virtio_balloon_config, num_pages,
+			&num_pages);
+	return num_pages;
+}
+
+static void vbhp_update_actual(struct vbhp *vb)
+{
+	u32 actual = vb->num_pages;
+
+	virtio_cwrite_le(vb->vdev, struct virtio_balloon_config, actual,
+			 &actual);
+}
+
+/* Whether taking @order more would eat into the guest's reserve. */
+static bool vbhp_inflate_reserve_hit(struct vbhp *vb, unsigned int order)
+{
+	return si_mem_available() < (long)(vb->reserve_pages + (1UL << order));
+}
+
+/*
+ * Allocate a block of at most @frames 4 KiB frames, at the round's order or
+ * the next lower ones; NULL when memory is short even at order 0.
+ */
+static struct page *vbhp_inflate_get_block(struct vbhp *vb,
+					   unsigned long frames)
+{
+	unsigned int order;
+	struct page *page;
+
+	if (frames < VBHP_WIRE_PER_PAGE)
+		return NULL;
+	order = min_t(unsigned int, vb->alloc_order,
+		      ilog2(frames / VBHP_WIRE_PER_PAGE));
+	for (;;) {
+		if (vbhp_inflate_reserve_hit(vb, order))
+			return NULL;
+		page = vbhp_blk_alloc(vb, order);
+		if (page || !order)
+			return page;
+		order--;
+		vb->alloc_order = order;
+		vbhp_count(&vb->stats[VBHP_STAT_FALLBACK], 1);
+	}
+}
+
+/* Inflate by up to @frames; returns how many frames the host accepted. */
+static unsigned long vbhp_inflate(struct vbhp *vb, unsigned long frames)
+{
+	struct vbhp_xfer *x = &vb->xfer[VBHP_XFER_INFLATE];
+	unsigned long before = vb->num_pages, queued = 0;
+	struct page *page;
+
+	vb->alloc_order = vb->max_order;
+	while (queued < frames) {
+		page = vbhp_inflate_get_block(vb, frames - queued);
+		if (!page)
+			break;
+		queued += vbhp_order_frames(page_private(page));
+		vbhp_xfer_add(vb, x, page);
+	}
+	vbhp_xfer_flush(vb, x);
+	return vb->num_pages - before;
+}
+
+/* Deflate by @frames (or what the balloon holds), through the host. */
+static void vbhp_deflate(struct vbhp *vb, unsigned long frames)
+{
+	struct vbhp_xfer *x = &vb->xfer[VBHP_XFER_DEFLATE];
+	unsigned long queued = 0;
+	struct page *page;
+
+	while (queued < frames) {
+		page = vbhp_blk_pick(vb, frames - queued);
+		if (!page)
+			break;
+		queued += vbhp_order_frames(page_private(page));
+		vbhp_xfer_add(vb, x, page);
+	}
+	vbhp_xfer_flush(vb, x);
+}
+
+static void vbhp_queue_work(struct vbhp *vb, unsigned long delay)
+{
+	unsigned long flags;
+
+	spin_lock_irqsave(&vb->stop_lock, flags);
+	if (!vb->stopping)
+		mod_delayed_work(system_freezable_wq, &vb->work, delay);
+	spin_unlock_irqrestore(&vb->stop_lock, flags);
+}
+
+/* One round: move at most VBHP_ROUND_FRAMES toward the target. */
+static void vbhp_work_fn(struct work_struct *work)
+{
+	struct vbhp *vb = container_of(to_delayed_work(work), struct vbhp,
+				       work);
+	unsigned long target, want, got;
+	long delay = -1;
+
+	mutex_lock(&vb->lock);
+	target = vbhp_target(vb);
+	if (target > vb->num_pages) {
+		want = min(target - vb->num_pages, VBHP_ROUND_FRAMES);
+		got = vbhp_inflate(vb, want);
+		if (got < want) {
+			vbhp_count(&vb->stats[VBHP_STAT_STALL], 1);
+			delay = VBHP_RETRY_DELAY;
+		} else if (vb->num_pages < target) {
+			delay = 0;
+		}
+	} else if (target < vb->num_pages) {
+		vbhp_deflate(vb, min(vb->num_pages - target,
+				     VBHP_ROUND_FRAMES));
+		if (vb->num_pages > target)
+			delay = 0;
+	}
+	vbhp_update_actual(vb);
+	mutex_unlock(&vb->lock);
+
+	if (delay >= 0)
+		vbhp_queue_work(vb, delay);
+}
+
+/* ---- statistics queue (VIRTIO_BALLOON_F_STATS_VQ) ---- */
+
+static unsigned int vbhp_stats_set(struct vbhp *vb, unsigned int idx,
+				   u16 tag, u64 val)
+{
+	vb->stats_buf[idx].tag = cpu_to_virtio16(vb->vdev, tag);
+	vb->stats_buf[idx].val = cpu_to_virtio64(vb->vdev, val);
+	return idx + 1;
+}
+
+/* Fill the statistics buffer; returns the number of entries. */
+static unsigned int vbhp_stats_fill(struct vbhp *vb)
+{
+	unsigned int idx = 0;
+	struct sysinfo si;
+#ifdef CONFIG_VM_EVENT_COUNTERS
+	unsigned long ev[NR_VM_EVENT_ITEMS];
+
+	all_vm_events(ev);
+	idx = vbhp_stats_set(vb, idx, VIRTIO_BALLOON_S_SWAP_IN,
+			     (u64)ev[PSWPIN] << PAGE_SHIFT);
+	idx = vbhp_stats_set(vb, idx, VIRTIO_BALLOON_S_SWAP_OUT,
+			     (u64)ev[PSWPOUT] << PAGE_SHIFT);
+	idx = vbhp_stats_set(vb, idx, VIRTIO_BALLOON_S_MAJFLT, ev[PGMAJFAULT]);
+	idx = vbhp_stats_set(vb, idx, VIRTIO_BALLOON_S_MINFLT,
+			     ev[PGFAULT] - ev[PGMAJFAULT]);
+#ifdef CONFIG_HUGETLB_PAGE
+	idx = vbhp_stats_set(vb, idx, VIRTIO_BALLOON_S_HTLB_PGALLOC,
+			     ev[HTLB_BUDDY_PGALLOC]);
+	idx = vbhp_stats_set(vb, idx, VIRTIO_BALLOON_S_HTLB_PGFAIL,
+			     ev[HTLB_BUDDY_PGALLOC_FAIL]);
+#endif
+#endif
+	si_meminfo(&si);
+	idx = vbhp_stats_set(vb, idx, VIRTIO_BALLOON_S_MEMFREE,
+			     (u64)si.freeram << PAGE_SHIFT);
+	idx = vbhp_stats_set(vb, idx, VIRTIO_BALLOON_S_MEMTOT,
+			     (u64)si.totalram << PAGE_SHIFT);
+	idx = vbhp_stats_set(vb, idx, VIRTIO_BALLOON_S_AVAIL,
+			     (u64)si_mem_available() << PAGE_SHIFT);
+	idx = vbhp_stats_set(vb, idx, VIRTIO_BALLOON_S_CACHES,
+			     (u64)global_node_page_state(NR_FILE_PAGES) <<
+			     PAGE_SHIFT);
+	return idx;
+}
+
+/* Hand the (refilled) statistics buffer to the host. */
+static void vbhp_stats_push(struct vbhp *vb)
+{
+	struct scatterlist sg;
+	unsigned int n = vbhp_stats_fill(vb);
+
+	sg_init_one(&sg, vb->stats_buf, sizeof(vb->stats_buf[0]) * n);
+	if (!virtqueue_add_outbuf(vb->stats_vq, &sg, 1, vb, GFP_KERNEL))
+		virtqueue_kick(vb->stats_vq);
+}
+
+/* The host returned the statistics buffer: it wants fresh numbers. */
+static void vbhp_stats_work_fn(struct work_struct *work)
+{
+	struct vbhp *vb = container_of(work, struct vbhp, stats_work);
+	unsigned int len;
+
+	if (virtqueue_get_buf(vb->stats_vq, &len))
+		vbhp_stats_push(vb);
+}
+
+static void vbhp_stats_request(struct virtqueue *vq)
+{
+	struct vbhp *vb = vq->vdev->priv;
+	unsigned long flags;
+
+	spin_lock_irqsave(&vb->stop_lock, flags);
+	if (!vb->stopping)
+		queue_work(system_freezable_wq, &vb->stats_work);
+	spin_unlock_irqrestore(&vb->stop_lock, flags);
+}
+
+/* ---- debugfs ---- */
+
+#ifdef CONFIG_DEBUG_FS
+
+static void vbhp_dbg_show_orders(struct seq_file *f, struct vbhp *vb)
+{
+	unsigned int order, s;
+
+	for (order = 0; order <= vb->max_order; order++) {
+		seq_printf(f, "held_o%u: %lu\n", order,
+			   READ_ONCE(vb->nr_blocks[order]));
+		for (s = 0; s < VBHP_OSTAT_NUM; s++)
+			seq_printf(f, "%s_o%u: %lld\n",
+				   vbhp_order_stat_names[s], order,
+				   atomic64_read(&vb->ostats[order][s]));
+	}
+}
+
+static int vbhp_dbg_stats_show(struct seq_file *f, void *unused)
+{
+	struct vbhp *vb = f->private;
+	struct vbhp_xfer *x;
+	unsigned int i, s;
+
+	seq_printf(f, "target: %lu\n", vbhp_target(vb));
+	seq_printf(f, "current: %lu\n", READ_ONCE(vb->num_pages));
+	seq_printf(f, "page_order: %u\n", vb->max_order);
+	seq_printf(f, "alloc_order: %u\n", READ_ONCE(vb->alloc_order));
+	seq_printf(f, "reserve_pages: %lu\n", vb->reserve_pages);
+	for (i = 0; i < VBHP_XFER_NUM; i++) {
+		x = &vb->xfer[i];
+		seq_printf(f, "%s_inflight: %u\n", vbhp_xfer_names[i],
+			   READ_ONCE(x->inflight));
+		seq_printf(f, "%s_max_inflight: %u\n", vbhp_xfer_names[i],
+			   x->nr_slots);
+		for (s = 0; s < VBHP_XSTAT_NUM; s++)
+			seq_printf(f, "%s_%s: %lld\n", vbhp_xfer_names[i],
+				   vbhp_xfer_stat_names[s],
+				   atomic64_read(&x->stats[s]));
+	}
+	for (s = 0; s < VBHP_STAT_NUM; s++)
+		seq_printf(f, "%s: %lld\n", vbhp_stat_names[s],
+			   atomic64_read(&vb->stats[s]));
+	vbhp_dbg_show_orders(f, vb);
+	return 0;
+}
+DEFINE_SHOW_ATTRIBUTE(vbhp_dbg_stats);
+
+static void vbhp_dbg_init(struct vbhp *vb)
+{
+	vb->debugfs = debugfs_create_file(KBUILD_MODNAME, 0444, NULL, vb,
+					  &vbhp_dbg_stats_fops);
+}
+
+static void vbhp_dbg_exit(struct vbhp *vb)
+{
+	debugfs_remove(vb->debugfs);
+}
+
+#else
+
+static inline void vbhp_dbg_init(struct vbhp *vb)
+{
+}
+
+static inline void vbhp_dbg_exit(struct vbhp *vb)
+{
+}
+
+#endif /* CONFIG_DEBUG_FS */
+
+/* ---- virtio device: probe and remove ---- */
+
+static void vbhp_xfer_acked(struct virtqueue *vq)
+{
+	struct vbhp *vb = vq->vdev->priv;
+
+	wake_up(&vb->acked);
+}
+
+static int vbhp_init_vqs(struct vbhp *vb)
+{
+	vq_callback_t *callbacks[] = { vbhp_xfer_acked, vbhp_xfer_acked,
+				       vbhp_stats_request };
+	const char * const names[] = { "inflate", "deflate", "stats" };
+	struct virtqueue *vqs[3];
+	unsigned int nvqs = 2;
+	int err;
+
+	if (virtio_has_feature(vb->vdev, VIRTIO_BALLOON_F_STATS_VQ))
+		nvqs = 3;
+	err = vbhp_compat_find_vqs(vb->vdev, nvqs, vqs, callbacks, names);
+	if (err)
+		return err;
+	vb->xfer[VBHP_XFER_INFLATE].vq = vqs[0];
+	vb->xfer[VBHP_XFER_DEFLATE].vq = vqs[1];
+	vb->stats_vq = nvqs == 3 ? vqs[2] : NULL;
+	return 0;
+}
+
+static int vbhp_init_xfers(struct vbhp *vb)
+{
+	int err;
+
+	err = vbhp_xfer_init(&vb->xfer[VBHP_XFER_INFLATE], VBHP_XFER_INFLATE);
+	if (err)
+		return err;
+	err = vbhp_xfer_init(&vb->xfer[VBHP_XFER_DEFLATE], VBHP_XFER_DEFLATE);
+	if (err)
+		goto out_free_inflate;
+	return 0;
+
+out_free_inflate:
+	kfree(vb->xfer[VBHP_XFER_INFLATE].ring);
+	return err;
+}
+
+static void vbhp_free_xfers(struct vbhp *vb)
+{
+	kfree(vb->xfer[VBHP_XFER_DEFLATE].ring);
+	kfree(vb->xfer[VBHP_XFER_INFLATE].ring);
+}
+
+/* Memory inflation leaves available: reserve_mb, or 1/32 of RAM. */
+static unsigned long vbhp_reserve_pages(void)
+{
+	unsigned long pages;
+
+	if (reserve_mb)
+		return (unsigned long)reserve_mb << (20 - PAGE_SHIFT);
+	pages = totalram_pages() / 32;
+	return clamp(pages, 32UL << (20 - PAGE_SHIFT),
+		     1024UL << (20 - PAGE_SHIFT));
+}
+
+static void vbhp_init_state(struct vbhp *vb, struct virtio_device *vdev)
+{
+	unsigned int order;
+
+	vb->vdev = vdev;
+	mutex_init(&vb->lock);
+	spin_lock_init(&vb->stop_lock);
+	INIT_DELAYED_WORK(&vb->work, vbhp_work_fn);
+	INIT_WORK(&vb->stats_work, vbhp_stats_work_fn);
+	init_waitqueue_head(&vb->acked);
+	for (order = 0; order < VBHP_NR_ORDERS; order++)
+		INIT_LIST_HEAD(&vb->blocks[order]);
+	vb->max_order = page_order;
+	vb->alloc_order = page_order;
+	vb->reserve_pages = vbhp_reserve_pages();
+	/* As upstream: with DEFLATE_ON_OOM ballooned memory stays in MemTotal. */
+	vb->adjust_managed = !virtio_has_feature(vdev,
+						 VIRTIO_BALLOON_F_DEFLATE_ON_OOM);
+}
+
+static int vbhp_probe(struct virtio_device *vdev)
+{
+	struct vbhp *vb;
+	int err;
+
+	if (!vdev->config->get) {
+		dev_err(&vdev->dev, "config space is not readable\n");
+		return -EINVAL;
+	}
+	vb = kzalloc(sizeof(*vb), GFP_KERNEL);
+	if (!vb)
+		return -ENOMEM;
+	vdev->priv = vb;
+	vbhp_init_state(vb, vdev);
+
+	err = vbhp_init_vqs(vb);
+	if (err)
+		goto out_free_vb;
+	err = vbhp_init_xfers(vb);
+	if (err)
+		goto out_del_vqs;
+
+	virtio_device_ready(vdev);
+	if (vb->stats_vq)
+		vbhp_stats_push(vb);
+	vbhp_dbg_init(vb);
+	vbhp_queue_work(vb, 0);
+	dev_info(&vdev->dev, "blocks of order %u, %u buffers in flight, reserve %lu MiB\n",
+		 vb->max_order, vb->xfer[VBHP_XFER_INFLATE].nr_slots,
+		 vb->reserve_pages >> (20 - PAGE_SHIFT));
+	return 0;
+
+out_del_vqs:
+	vdev->config->del_vqs(vdev);
+out_free_vb:
+	kfree(vb);
+	return err;
+}
+
+/* Stop the workers for good: nothing is queued after this. */
+static void vbhp_stop(struct vbhp *vb)
+{
+	spin_lock_irq(&vb->stop_lock);
+	vb->stopping = true;
+	spin_unlock_irq(&vb->stop_lock);
+	cancel_delayed_work_sync(&vb->work);
+	cancel_work_sync(&vb->stats_work);
+}
+
+static void vbhp_remove(struct virtio_device *vdev)
+{
+	struct vbhp *vb = vdev->priv;
+
+	vbhp_stop(vb);
+	vbhp_dbg_exit(vb);
+
+	/* Every block goes back through the host before the reset. */
+	mutex_lock(&vb->lock);
+	vbhp_deflate(vb, vb->num_pages);
+	vbhp_update_actual(vb);
+	mutex_unlock(&vb->lock);
+
+	virtio_reset_device(vdev);
+	vbhp_free_xfers(vb);
+	vdev->config->del_vqs(vdev);
+	kfree(vb);
+}
+
+static void vbhp_config_changed(struct virtio_device *vdev)
+{
+	vbhp_queue_work(vdev->priv, 0);
+}
+
+static unsigned int vbhp_features[] = {
+	VIRTIO_BALLOON_F_MUST_TELL_HOST,
+	VIRTIO_BALLOON_F_STATS_VQ,
+	VIRTIO_BALLOON_F_DEFLATE_ON_OOM,
+};
+
+static const struct virtio_device_id vbhp_id_table[] = {
+	{ VIRTIO_ID_BALLOON, VIRTIO_DEV_ANY_ID },
+	{ 0 },
+};
+
+static struct virtio_driver vbhp_driver = {
+	.feature_table = vbhp_features,
+	.feature_table_size = ARRAY_SIZE(vbhp_features),
+	.driver.name = KBUILD_MODNAME,
+	.driver.owner = THIS_MODULE,
+	.id_table = vbhp_id_table,
+	.probe = vbhp_probe,
+	.remove = vbhp_remove,
+	.config_changed = vbhp_config_changed,
+};
+
+static int __init vbhp_init(void)
+{
+	if (page_order > VBHP_MAX_ORDER) {
+		pr_err("page_order=%u is invalid: valid range is 0..%u\n",
+		       page_order, VBHP_MAX_ORDER);
+		return -EINVAL;
+	}
+	if (!max_inflight || max_inflight > VBHP_MAX_INFLIGHT) {
+		pr_err("max_inflight=%u is invalid: valid range is 1..%u\n",
+		       max_inflight, VBHP_MAX_INFLIGHT);
+		return -EINVAL;
+	}
+	return register_virtio_driver(&vbhp_driver);
+}
+module_init(vbhp_init);
+
+static void __exit vbhp_exit(void)
+{
+	unregister_virtio_driver(&vbhp_driver);
+}
+module_exit(vbhp_exit);
+
+MODULE_DEVICE_TABLE(virtio, vbhp_id_table);
+MODULE_DESCRIPTION("Virtio balloon driver moving memory in huge-page blocks");
+MODULE_LICENSE("GPL");
