@@ -410,7 +410,10 @@ static struct page *vbhp_inflate_get_block(struct vbhp *vb,
 	}
 }
 
-/* Inflate by up to @frames; returns how many frames the host accepted. */
+/*
+ * Inflate toward @frames more, stopping after one round's worth; returns
+ * how many frames the host accepted.
+ */
 static unsigned long vbhp_inflate(struct vbhp *vb, unsigned long frames)
 {
 	struct vbhp_xfer *x = &vb->xfer[VBHP_XFER_INFLATE];
@@ -418,7 +421,7 @@ static unsigned long vbhp_inflate(struct vbhp *vb, unsigned long frames)
 	struct page *page;
 
 	vb->alloc_order = vb->max_order;
-	while (queued < frames) {
+	while (queued < min(frames, VBHP_ROUND_FRAMES)) {
 		page = vbhp_inflate_get_block(vb, frames - queued);
 		if (!page)
 			break;
@@ -429,14 +432,19 @@ static unsigned long vbhp_inflate(struct vbhp *vb, unsigned long frames)
 	return vb->num_pages - before;
 }
 
-/* Deflate by @frames (or what the balloon holds), through the host. */
-static void vbhp_deflate(struct vbhp *vb, unsigned long frames)
+/*
+ * Deflate toward @frames less, through the host, stopping after @budget
+ * frames.  Block sizes follow @frames, not @budget, so that the end of a
+ * round never splits a block.
+ */
+static void vbhp_deflate(struct vbhp *vb, unsigned long frames,
+			 unsigned long budget)
 {
 	struct vbhp_xfer *x = &vb->xfer[VBHP_XFER_DEFLATE];
 	unsigned long queued = 0;
 	struct page *page;
 
-	while (queued < frames) {
+	while (queued < min(frames, budget)) {
 		page = vbhp_blk_pick(vb, frames - queued);
 		if (!page)
 			break;
@@ -456,7 +464,7 @@ static void vbhp_queue_work(struct vbhp *vb, unsigned long delay)
 	spin_unlock_irqrestore(&vb->stop_lock, flags);
 }
 
-/* One round: move at most VBHP_ROUND_FRAMES toward the target. */
+/* One round: move about VBHP_ROUND_FRAMES toward the target, then requeue. */
 static void vbhp_work_fn(struct work_struct *work)
 {
 	struct vbhp *vb = container_of(to_delayed_work(work), struct vbhp,
@@ -467,17 +475,16 @@ static void vbhp_work_fn(struct work_struct *work)
 	mutex_lock(&vb->lock);
 	target = vbhp_target(vb);
 	if (target > vb->num_pages) {
-		want = min(target - vb->num_pages, VBHP_ROUND_FRAMES);
+		want = target - vb->num_pages;
 		got = vbhp_inflate(vb, want);
-		if (got < want) {
+		if (got < min(want, VBHP_ROUND_FRAMES)) {
 			vbhp_count(&vb->stats[VBHP_STAT_STALL], 1);
 			delay = VBHP_RETRY_DELAY;
 		} else if (vb->num_pages < target) {
 			delay = 0;
 		}
 	} else if (target < vb->num_pages) {
-		vbhp_deflate(vb, min(vb->num_pages - target,
-				     VBHP_ROUND_FRAMES));
+		vbhp_deflate(vb, vb->num_pages - target, VBHP_ROUND_FRAMES);
 		if (vb->num_pages > target)
 			delay = 0;
 	}
@@ -779,7 +786,7 @@ static void vbhp_remove(struct virtio_device *vdev)
 
 	/* Every block goes back through the host before the reset. */
 	mutex_lock(&vb->lock);
-	vbhp_deflate(vb, vb->num_pages);
+	vbhp_deflate(vb, vb->num_pages, ULONG_MAX);
 	vbhp_update_actual(vb);
 	mutex_unlock(&vb->lock);
 
