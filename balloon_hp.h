@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: GPL-2.0 */
 /*
- * balloon_hp.h - internal data structures of virtio_balloon_hp.
+ * Internal data structures of virtio_balloon_hp.
  *
  * Lock order: vbhp->lock (mutex, one balloon operation at a time), then
  * vbhp->stop_lock (spinlock, only around the "stopping" flag and work
@@ -153,8 +153,8 @@ struct vbhp_xfer {
  */
 struct vbhp {
 	struct virtio_device *vdev;
-	struct mutex lock;
-	spinlock_t stop_lock;
+	struct mutex lock;		/* one balloon operation at a time */
+	spinlock_t stop_lock;		/* guards @stopping */
 	bool stopping;
 	struct delayed_work work;
 	wait_queue_head_t acked;

@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: GPL-2.0 */
 /*
- * compat.h - every kernel-version difference virtio_balloon_hp depends on.
+ * Every kernel-version difference virtio_balloon_hp depends on.
  *
  * No other file of the module tests LINUX_VERSION_CODE or kernel-version
  * dependent macros; they call the helpers defined here instead.  Supported:

@@ -1,0 +1,96 @@
+"""Drive virtio_balloon_hp in a test guest and read both sides of it.
+
+The host's view comes from QMP (query-balloon, BALLOON_CHANGE events, the
+device's guest-stats); the guest's from /proc/meminfo, the driver's debugfs
+file and the vbhp_check kselftest.  Every wait has a deadline and says what
+it saw last when it runs out.
+"""
+import os
+import subprocess
+import time
+
+from vbhp import ROOT, Guest, wait_until
+
+MiB = 1 << 20
+MODULE = '/lib/vbhp/virtio_balloon_hp.ko'
+DEBUGFS = '/sys/kernel/debug/virtio_balloon_hp'
+SELFTESTS = os.path.join(ROOT, '.cache', 'build', 'selftests')
+SETTLE_TIMEOUT = 240  # seconds; TCG inflates a few hundred MiB/s
+
+
+def build_module(kernel):
+    """Build (W=1, sparse) for @kernel; return the path of the .ko."""
+    short = getattr(kernel, 'short', kernel)
+    out = subprocess.run(['bash', os.path.join(ROOT, 'tests', 'build.sh'), short],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, f'build for {short} failed:\n{out.stderr}'
+    return out.stdout.strip().splitlines()[-1]
+
+
+def balloon_guest(kernel, mem_mib, balloon_args='', **kw):
+    """A Guest with our module and the selftests in /lib/vbhp."""
+    files = [build_module(kernel)] + [os.path.join(SELFTESTS, p)
+                                      for p in ('vbhp_check', 'vbhp_fragment')]
+    return Guest(kernel=kernel, mem_mib=mem_mib, files=files,
+                 balloon_args=balloon_args, **kw)
+
+
+class Balloon:
+    """One guest's balloon, seen from the host and from the guest."""
+
+    def __init__(self, guest, deflate_on_oom=False):
+        self.g = guest
+        self.ram = guest.mem_mib * MiB
+        self.doom = deflate_on_oom
+        self.order = None
+        self.boot_kb = guest.meminfo()['MemTotal']
+
+    def load(self, params='page_order=9'):
+        self.g.sh(f'insmod {MODULE} {params}')
+        self.order = int(self.stats()['page_order'])
+
+    def stats(self):
+        """The driver's debugfs counters as a dict of ints."""
+        out = self.g.sh(f'cat {DEBUGFS}')
+        return {k.strip(): int(v) for k, v in
+                (line.split(':', 1) for line in out.splitlines() if ':' in line)}
+
+    def actual(self):
+        """Guest memory size as the host sees it (bytes)."""
+        return self.g.balloon.query()
+
+    def set_size(self, size):
+        """Ask for a guest memory size (bytes), as `balloon` in QMP does."""
+        self.g.balloon.set_target_bytes(size)
+
+    def settle(self, size, timeout=SETTLE_TIMEOUT):
+        """Set the size and wait until both sides agree it is reached."""
+        start = time.monotonic()
+        self.set_size(size)
+        wait_until(self.actual, timeout, f'QMP actual == {size}',
+                   ok=lambda a: a == size)
+        target = (self.ram - size) >> 12
+        wait_until(self.stats, 30,
+                   f'debugfs current == target == {target}, nothing in flight',
+                   ok=lambda s: self._settled(s, target))
+        self.g.qmp.wait_event('BALLOON_CHANGE',
+                              lambda ev: ev['data']['actual'] == size, 10)
+        return time.monotonic() - start
+
+    @staticmethod
+    def _settled(s, target):
+        return (s['target'] == target and s['current'] == target and
+                not s['inflate_inflight'] and not s['deflate_inflight'])
+
+    def check(self, settled=True):
+        """Run the in-guest consistency kselftest; raise with its output."""
+        cmd = f'vbhp_check -b {self.boot_kb} -o {self.order}'
+        cmd += ' -t' * settled + ' -d' * self.doom
+        rc, out = self.g.run(cmd)
+        assert rc == 0, f'{cmd} failed:\n{out}'
+        return out
+
+    def held_below(self, order):
+        """4 KiB pages held in blocks of order < @order."""
+        s = self.stats()
+        return sum(s[f'held_o{o}'] << o for o in range(order))

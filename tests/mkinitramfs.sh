@@ -1,0 +1,84 @@
+#!/bin/bash
+# mkinitramfs.sh KVER OUT.cpio.gz FILE...
+# Packs a busybox initramfs for a kernel extracted by setup.sh. Its /init loads
+# the virtio PCI transport (when modular), copies nothing else into the kernel
+# (no balloon driver), and runs a shell agent on /dev/ttyS1:
+#   guest prints "@@VBHP-READY" once, then for each line it reads runs
+#   sh -c "$line" and writes the output (stdout+stderr) and "@@VBHP-END <rc>".
+# FILEs land in /lib/vbhp/ (on PATH); *.ko.xz are decompressed to *.ko, and the
+# shared libraries of dynamically linked executables are copied along.
+set -euo pipefail
+
+[[ $# -ge 2 ]] || { echo "usage: $0 KVER OUT.cpio.gz [FILE...]" >&2; exit 2; }
+KVER=$1 OUT=$2
+shift 2
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+MODDIR=$ROOT/.cache/kernels/$KVER/lib/modules/$KVER
+[[ -d $MODDIR ]] || { echo "$0: $MODDIR missing: run tests/setup.sh" >&2; exit 1; }
+
+STAGE=$(mktemp -d)
+trap 'rm -rf "$STAGE"' EXIT
+mkdir -p "$STAGE"/{dev,proc,sys,tmp,lib/modules,lib/vbhp}
+
+# copy_in SRC DST: copy, decompressing a .xz source
+copy_in() {
+    if [[ $1 == *.xz ]]; then xz -dc "$1" >"$2"; else cp -L "$1" "$2"; fi
+}
+
+install -D /bin/busybox "$STAGE/bin/busybox"
+for applet in $(busybox --list-full); do
+    [[ -e $STAGE/$applet ]] || { mkdir -p "$STAGE/$(dirname "$applet")"; ln -s /bin/busybox "$STAGE/$applet"; }
+done
+
+# virtio PCI transport: built in on 6.12, modules on 6.1 (load order matters)
+MODULES=
+for m in virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci; do
+    grep -q "/$m\.ko$" "$MODDIR/modules.builtin" && continue
+    ko=$(find "$MODDIR/kernel" \( -name "$m.ko" -o -name "$m.ko.xz" \) -print -quit)
+    [[ -n $ko ]] || { echo "$0: $m is neither built in nor a module of $KVER" >&2; exit 1; }
+    copy_in "$ko" "$STAGE/lib/modules/$m.ko"
+    MODULES+=" $m"
+done
+
+for f in "$@"; do
+    name=$(basename "${f%.xz}")
+    copy_in "$f" "$STAGE/lib/vbhp/$name"
+    if [[ -x $f ]] && ldd "$f" >/dev/null 2>&1; then
+        for lib in $(ldd "$f" | grep -o '/[^ ]*'); do
+            mkdir -p "$STAGE$(dirname "$lib")" && cp -L "$lib" "$STAGE$lib"
+        done
+    fi
+done
+
+cat >"$STAGE/init" <<EOF
+#!/bin/sh
+export PATH=/bin:/sbin:/usr/bin:/usr/sbin:/lib/vbhp
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+mount -t debugfs debugfs /sys/kernel/debug
+mkdir -p /tmp
+MODULES="$MODULES"
+for m in \$MODULES; do
+    insmod /lib/modules/\$m.ko || echo "init: insmod \$m failed"
+done
+EOF
+cat >>"$STAGE/init" <<'EOF'
+# The agent runs as PID 1: the OOM killer never picks it.
+stty -F /dev/ttyS1 raw -echo
+exec 3<>/dev/ttyS1
+echo "init: agent on ttyS1"
+printf '@@VBHP-READY\n' >&3
+while :; do
+    IFS= read -r line <&3 || { sleep 1; continue; }
+    sh -c "$line" </dev/null >/tmp/.agent.out 2>&1
+    rc=$?
+    cat /tmp/.agent.out >&3
+    # end the output with a newline so the marker starts a line
+    [ -n "$(tail -c 1 /tmp/.agent.out)" ] && echo >&3
+    printf '@@VBHP-END %d\n' "$rc" >&3
+done
+EOF
+chmod +x "$STAGE/init"
+
+(cd "$STAGE" && find . | cpio -o -H newc --quiet) | gzip -1 >"$OUT"

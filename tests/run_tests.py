@@ -1,0 +1,194 @@
+#!/usr/bin/python3
+"""End-to-end tests of virtio_balloon_hp: real guests under QEMU, both sides.
+
+Usage: tests/run_tests.py [NAME-SUBSTRING ...]   (env VBHP_KERNELS="6.1 6.12")
+Every test runs once per guest kernel and fails on any WARN, BUG, oops,
+lockdep report or OOM message in that guest's kernel log.
+"""
+import os
+import subprocess
+import sys
+import time
+
+from balloon import MiB, MODULE, Balloon, balloon_guest, build_module
+from vbhp import ROOT, Guest, main, test, wait_until
+
+
+@test
+def intree_balloon_baseline(kernel):
+    """The harness itself, against the kernel's own virtio_balloon."""
+    with Guest(kernel, mem_mib=1024, files=[kernel.module('virtio_balloon')]) as g:
+        g.log(f'boot: {g.boot_seconds:.1f} s')
+        assert g.sh('uname -r').strip() == kernel.kver
+        rc, out = g.run("printf '%s\\n' \"it's\" 'a \"quoted\" arg'; exit 3")
+        assert (rc, out) == (3, 'it\'s\na "quoted" arg\n'), (rc, out)
+        total = g.meminfo()['MemTotal']
+        g.sh('insmod /lib/vbhp/virtio_balloon.ko')
+        for size, kb in ((768 * MiB, total - 256 * 1024), (1024 * MiB, total)):
+            g.balloon.set_target_bytes(size)
+            wait_until(g.balloon.query, 120, f'actual == {size}', ok=lambda a: a == size)
+            wait_until(lambda: g.meminfo()['MemTotal'], 10, f'MemTotal == {kb} kB',
+                       ok=lambda v: v == kb)
+
+
+@test(per_kernel=False)
+def checkpatch_strict():
+    """checkpatch --strict over the module and the selftests."""
+    out = subprocess.run(['bash', os.path.join(ROOT, 'tests', 'lint.sh')],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+@test
+def build_w1_sparse(kernel):
+    """The module builds with no W=1 or sparse warning."""
+    build_module(kernel)
+
+
+@test
+def bad_parameters_refuse_load(kernel):
+    """Out-of-range parameters refuse the load and name the valid range."""
+    with balloon_guest(kernel, 512) as g:
+        for param, msg in (('page_order=11', 'page_order=11 is invalid: valid range is 0..10'),
+                           ('page_order=64', 'page_order=64 is invalid'),
+                           ('max_inflight=0', 'max_inflight=0 is invalid: valid range is 1..64'),
+                           ('max_inflight=65', 'max_inflight=65 is invalid')):
+            rc, out = g.run(f'insmod {MODULE} {param}')
+            assert rc != 0, f'insmod {param} succeeded'
+            assert msg in g.sh('dmesg'), f'no "{msg}" in dmesg'
+            assert g.run('test -d /sys/module/virtio_balloon_hp')[0] != 0
+        b = Balloon(g)
+        b.load('page_order=9')
+        assert b.stats()['page_order'] == 9
+
+
+@test
+def inflate_deflate_exact(kernel):
+    """Several targets, one not 2 MiB aligned: exact on both sides."""
+    with balloon_guest(kernel, 2048) as g:
+        b = Balloon(g)
+        b.load()
+        g.qmp.cmd('qom-set', path='/machine/peripheral/balloon0',
+                  property='guest-stats-polling-interval', value=1)
+        for size in (1536 * MiB, 1024 * MiB, 1024 * MiB - 12 * 1024, 2048 * MiB):
+            secs = b.settle(size)
+            g.log(f'guest size {size / MiB:.3f} MiB reached in {secs:.1f} s')
+            b.check()
+            s = b.stats()
+            if size == 1024 * MiB:
+                # Unfragmented guest: every block is a whole 2 MiB block.
+                assert s['held_o9'] << 9 == s['current'], s
+                assert s['fallbacks'] == 0, s
+                want = g.meminfo()['MemTotal'] * 1024
+                wait_until(lambda: guest_stat(g, 'stat-total-memory'), 30,
+                           f'host guest-stats stat-total-memory == {want}',
+                           ok=lambda v: v == want)
+            if size == 1024 * MiB - 12 * 1024:
+                assert b.held_below(9) == 3, s
+        assert b.stats()['inflate_buffers'] >= (1024 * MiB >> 12) // 256
+
+
+def guest_stat(g, name):
+    stats = g.qmp.cmd('qom-get', path='/machine/peripheral/balloon0',
+                      property='guest-stats')
+    return stats['stats'].get(name)
+
+
+@test
+def fragmented_guest_falls_back(kernel):
+    """With no free 2 MiB block left the target is still met, in lower orders."""
+    with balloon_guest(kernel, 1024) as g:
+        b = Balloon(g)
+        b.load()
+        fill = g.meminfo()['MemFree'] // 1024 - 200
+        g.sh(f'vbhp_fragment -m {fill} -H >/tmp/frag.log 2>&1 &')
+        def frag_log():
+            return g.sh('cat /tmp/frag.log')
+
+        wait_until(frag_log, 120, 'the fragmenter to hold its memory',
+                   ok=lambda out: 'holding' in out)
+        g.log(frag_log())
+        size = 1024 * MiB - 400 * MiB
+        secs = b.settle(size)
+        b.check()
+        s = b.stats()
+        g.log(f'400 MiB in {secs:.1f} s; {b.held_below(9) * 4096 // MiB} MiB below order 9, '
+              f'{s["held_o9"] * 2} MiB in order 9, fallbacks {s["fallbacks"]}')
+        assert s['fallbacks'] > 0, s
+        assert b.held_below(9) * 4096 >= 100 * MiB, s
+        g.sh('killall vbhp_fragment')
+        out = wait_until(frag_log, 30, 'the fragmenter to report and exit',
+                         ok=lambda out: 'ok 2' in out)
+        assert 'not ok' not in out, out
+        b.settle(1024 * MiB)
+        b.check()
+
+
+@test
+def target_beyond_guest(kernel):
+    """A target larger than the guest can give: no OOM, no hang, recovers."""
+    with balloon_guest(kernel, 1024) as g:
+        b = Balloon(g)
+        b.load()
+        b.set_size(64 * MiB)
+        # It keeps trying: at least three stalled rounds, a second apart.
+        wait_until(b.stats, 240, 'three stalled inflate rounds',
+                   ok=lambda s: s['inflate_stalls'] >= 3)
+        held = b.stats()['current']
+        assert b.actual() > 64 * MiB, b.actual()
+        avail = g.meminfo()['MemAvailable']
+        g.log(f'holds {held * 4096 / MiB:.0f} MiB of 960 asked; MemAvailable {avail} kB')
+        assert g.sh('echo alive').strip() == 'alive'
+        b.check(settled=False)
+        b.settle(1024 * MiB)
+        b.check()
+
+
+@test
+def target_moves_mid_flight(kernel):
+    """The target changes while inflating and while deflating."""
+    with balloon_guest(kernel, 2048) as g:
+        b = Balloon(g)
+        b.load()
+        b.set_size(512 * MiB)
+        seen = wait_between(b, 2048 * MiB, 512 * MiB)
+        g.log(f'inflating: retargeted at {seen / MiB:.0f} MiB')
+        b.settle(1280 * MiB)
+        b.check()
+        b.settle(512 * MiB)
+        b.set_size(2048 * MiB)
+        seen = wait_between(b, 512 * MiB, 2048 * MiB)
+        g.log(f'deflating: retargeted at {seen / MiB:.0f} MiB')
+        b.settle(1792 * MiB)
+        b.check()
+
+
+def wait_between(b, start, end):
+    """Wait until the host sees a size strictly between start and end."""
+    lo, hi = min(start, end), max(start, end)
+    return wait_until(b.actual, 120, f'a size strictly between {lo} and {hi}',
+                      ok=lambda a: lo < a < hi, interval=0.02)
+
+
+@test
+def rmmod_returns_everything(kernel):
+    """rmmod with a full balloon: MemTotal exact, host sees all RAM again."""
+    with balloon_guest(kernel, 2048) as g:
+        b = Balloon(g)
+        b.load()
+        b.settle(1024 * MiB)
+        t = time.monotonic()
+        g.sh('rmmod virtio_balloon_hp')
+        g.log(f'rmmod with 1 GiB ballooned took {time.monotonic() - t:.1f} s')
+        assert g.meminfo()['MemTotal'] == b.boot_kb
+        assert b.actual() == 2048 * MiB, b.actual()
+        # The host still wants 1 GiB: a new probe inflates again.
+        b.load()
+        wait_until(b.actual, 240, 're-inflate after reload',
+                   ok=lambda a: a == 1024 * MiB)
+        b.settle(2048 * MiB)
+        b.check()
+
+
+if __name__ == '__main__':
+    sys.exit(main())
