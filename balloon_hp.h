@@ -31,13 +31,18 @@
 
 /**
  * enum vbhp_xfer_id - the queues that carry frame numbers.
- * @VBHP_XFER_INFLATE: blocks given to the host.
- * @VBHP_XFER_DEFLATE: blocks taken back from the host.
+ * @VBHP_XFER_INFLATE: blocks given to the host, as 4 KiB frames.
+ * @VBHP_XFER_DEFLATE: blocks taken back from the host, as 4 KiB frames.
+ * @VBHP_XFER_HP_INFLATE: blocks of vbhp->hp_order given to the host, one
+ *	frame number per block (VIRTIO_BALLOON_F_HP_BLOCKS).
+ * @VBHP_XFER_HP_DEFLATE: blocks of vbhp->hp_order taken back.
  * @VBHP_XFER_NUM: number of transfer queues.
  */
 enum vbhp_xfer_id {
 	VBHP_XFER_INFLATE,
 	VBHP_XFER_DEFLATE,
+	VBHP_XFER_HP_INFLATE,
+	VBHP_XFER_HP_DEFLATE,
 	VBHP_XFER_NUM,
 };
 
@@ -101,8 +106,10 @@ struct vbhp_buf {
 
 /**
  * struct vbhp_xfer - the pipeline of one transfer queue.
- * @vq: the virtqueue.
+ * @vq: the virtqueue, or NULL when its feature is not negotiated.
  * @id: which queue this is.
+ * @inflate: blocks on this queue join the balloon (else they leave it).
+ * @pfn_order: each frame number names a block of 2^@pfn_order frames.
  * @ring: @nr_slots buffers used in turn.
  * @nr_slots: buffers that may be in flight at once (module parameter).
  * @head: index in @ring of the oldest buffer in flight.
@@ -116,6 +123,8 @@ struct vbhp_buf {
 struct vbhp_xfer {
 	struct virtqueue *vq;
 	enum vbhp_xfer_id id;
+	bool inflate;
+	unsigned int pfn_order;
 	struct vbhp_buf *ring;
 	unsigned int nr_slots;
 	unsigned int head;
@@ -139,9 +148,15 @@ struct vbhp_xfer {
  *	locklessly by debugfs.
  * @num_pages: 4 KiB frames the host has acknowledged as inflated (what
  *	"actual" reports); written under @lock.
+ * @reported: the value of @num_pages last written to "actual"; under @lock.
  * @alloc_order: order the current inflate round allocates at; drops on
  *	failure and climbs back to @max_order at each new round; under @lock.
- * @max_order: the largest block order this device uses (page_order).
+ * @max_order: the largest block order this device uses: page_order, or
+ *	the host's hp_block_order if that is smaller.
+ * @hp_order: blocks of this order go on the hp queues; 0 without
+ *	VIRTIO_BALLOON_F_HP_BLOCKS.
+ * @round_frames: the most one worker round moves: 256 MiB, or one full hp
+ *	buffer if that is more.
  * @reserve_pages: memory (pages) inflation always leaves available.
  * @adjust_managed: ballooned pages leave MemTotal (no DEFLATE_ON_OOM).
  * @stats_vq: the statistics queue, or NULL when not negotiated.
@@ -150,6 +165,7 @@ struct vbhp_xfer {
  * @ostats: per-order counters, enum vbhp_order_stat.
  * @stats: device-wide counters, enum vbhp_stat.
  * @debugfs: the debugfs stats file.
+ * @debugfs_inject: the test-only injection file (VBHP_TEST_HOOKS builds).
  */
 struct vbhp {
 	struct virtio_device *vdev;
@@ -162,8 +178,11 @@ struct vbhp {
 	struct list_head blocks[VBHP_NR_ORDERS];
 	unsigned long nr_blocks[VBHP_NR_ORDERS];
 	unsigned long num_pages;
+	unsigned long reported;
 	unsigned int alloc_order;
 	unsigned int max_order;
+	unsigned int hp_order;
+	unsigned long round_frames;
 	unsigned long reserve_pages;
 	bool adjust_managed;
 	struct virtqueue *stats_vq;
@@ -172,6 +191,7 @@ struct vbhp {
 	atomic64_t ostats[VBHP_NR_ORDERS][VBHP_OSTAT_NUM];
 	atomic64_t stats[VBHP_STAT_NUM];
 	struct dentry *debugfs;
+	struct dentry *debugfs_inject;
 };
 
 #endif /* _VBHP_BALLOON_HP_H */

@@ -72,8 +72,11 @@ MODULE_PARM_DESC(reserve_mb,
 #define VBHP_GFP	(GFP_HIGHUSER | __GFP_NORETRY | __GFP_NOWARN | \
 			 __GFP_NOMEMALLOC)
 
-/* The most 4 KiB frames one worker round moves: 256 MiB. */
+/* The least one worker round moves: 256 MiB (more with hp blocks). */
 #define VBHP_ROUND_FRAMES	(256UL << (20 - VIRTIO_BALLOON_HP_PFN_SHIFT))
+
+/* Within a round, "actual" is updated every 64 MiB moved. */
+#define VBHP_ACTUAL_STEP	(64UL << (20 - VIRTIO_BALLOON_HP_PFN_SHIFT))
 
 /* How long an inflate that found no memory waits before trying again. */
 #define VBHP_RETRY_DELAY	HZ
@@ -81,6 +84,8 @@ MODULE_PARM_DESC(reserve_mb,
 static const char * const vbhp_xfer_names[VBHP_XFER_NUM] = {
 	[VBHP_XFER_INFLATE] = "inflate",
 	[VBHP_XFER_DEFLATE] = "deflate",
+	[VBHP_XFER_HP_INFLATE] = "hp_inflate",
+	[VBHP_XFER_HP_DEFLATE] = "hp_deflate",
 };
 
 static const char * const vbhp_xfer_stat_names[VBHP_XSTAT_NUM] = {
@@ -247,6 +252,26 @@ static struct page *vbhp_blk_pick(struct vbhp *vb, unsigned long frames)
 	return NULL;
 }
 
+/* ---- the host's config: target and actual ---- */
+
+static unsigned long vbhp_target(struct vbhp *vb)
+{
+	u32 num_pages;
+
+	virtio_cread_le(vb->vdev, struct virtio_balloon_config, num_pages,
+			&num_pages);
+	return num_pages;
+}
+
+static void vbhp_update_actual(struct vbhp *vb)
+{
+	u32 actual = vb->num_pages;
+
+	virtio_cwrite_le(vb->vdev, struct virtio_balloon_config, actual,
+			 &actual);
+	vb->reported = vb->num_pages;
+}
+
 /* ---- transfers: buffers of frame numbers in flight to the host ---- */
 
 static struct vbhp_buf *vbhp_xfer_cur(struct vbhp_xfer *x)
@@ -275,7 +300,7 @@ static void vbhp_xfer_retire(struct vbhp *vb, struct vbhp_xfer *x)
 
 	while (x->inflight && x->ring[x->head].acked) {
 		buf = &x->ring[x->head];
-		if (x->id == VBHP_XFER_INFLATE)
+		if (x->inflate)
 			vbhp_blk_hold_list(vb, &buf->blocks);
 		else
 			vbhp_blk_release_list(vb, &buf->blocks);
@@ -284,6 +309,10 @@ static void vbhp_xfer_retire(struct vbhp *vb, struct vbhp_xfer *x)
 		x->head = (x->head + 1) % x->nr_slots;
 		WRITE_ONCE(x->inflight, x->inflight - 1);
 	}
+	/* Let the host watch long rounds progress. */
+	if (max(vb->num_pages, vb->reported) - min(vb->num_pages, vb->reported) >=
+	    VBHP_ACTUAL_STEP)
+		vbhp_update_actual(vb);
 }
 
 /* Wait until at least one more buffer in flight has been retired. */
@@ -316,16 +345,31 @@ static void vbhp_xfer_send(struct vbhp *vb, struct vbhp_xfer *x)
 	vbhp_count(&x->stats[VBHP_XSTAT_PFNS], buf->nr_pfns);
 }
 
-/* Queue the frames of one block, sending buffers as they fill up. */
-static void vbhp_xfer_add(struct vbhp *vb, struct vbhp_xfer *x,
-			  struct page *page)
+/* The queue a block of @order travels on, inflating or deflating. */
+static struct vbhp_xfer *vbhp_xfer_for(struct vbhp *vb, unsigned int order,
+				       bool inflate)
 {
-	unsigned long frames = vbhp_order_frames(page_private(page));
+	if (vb->hp_order && order == vb->hp_order)
+		return &vb->xfer[inflate ? VBHP_XFER_HP_INFLATE :
+					   VBHP_XFER_HP_DEFLATE];
+	return &vb->xfer[inflate ? VBHP_XFER_INFLATE : VBHP_XFER_DEFLATE];
+}
+
+/*
+ * Queue one block on its queue: one frame number per 2^pfn_order frames
+ * (every 4 KiB frame, or just the first on an hp queue), sending buffers
+ * as they fill up.
+ */
+static void vbhp_xfer_add(struct vbhp *vb, struct page *page, bool inflate)
+{
+	unsigned int order = page_private(page);
+	struct vbhp_xfer *x = vbhp_xfer_for(vb, order, inflate);
+	unsigned long frames = vbhp_order_frames(order);
 	unsigned long pfn = page_to_pfn(page) * VBHP_WIRE_PER_PAGE;
 	struct vbhp_buf *buf = vbhp_xfer_cur(x);
 	unsigned long i;
 
-	for (i = 0; i < frames; i++) {
+	for (i = 0; i < frames; i += 1UL << x->pfn_order) {
 		if (buf->nr_pfns == VIRTIO_BALLOON_HP_PFNS_PER_BUF) {
 			vbhp_xfer_send(vb, x);
 			if (x->inflight == x->nr_slots)
@@ -337,19 +381,37 @@ static void vbhp_xfer_add(struct vbhp *vb, struct vbhp_xfer *x,
 	list_add_tail(&page->lru, &buf->blocks);
 }
 
-/* Send what is left and wait until the host has acknowledged everything. */
-static void vbhp_xfer_flush(struct vbhp *vb, struct vbhp_xfer *x)
+/*
+ * Send what is left on the queues of one direction and wait until the host
+ * has acknowledged everything.
+ */
+static void vbhp_xfer_flush(struct vbhp *vb, bool inflate)
 {
-	vbhp_xfer_send(vb, x);
-	while (x->inflight)
-		vbhp_xfer_wait(vb, x);
+	struct vbhp_xfer *x;
+	unsigned int i;
+
+	for (i = 0; i < VBHP_XFER_NUM; i++) {
+		x = &vb->xfer[i];
+		if (x->vq && x->inflate == inflate)
+			vbhp_xfer_send(vb, x);
+	}
+	for (i = 0; i < VBHP_XFER_NUM; i++) {
+		x = &vb->xfer[i];
+		while (x->vq && x->inflate == inflate && x->inflight)
+			vbhp_xfer_wait(vb, x);
+	}
 }
 
-static int vbhp_xfer_init(struct vbhp_xfer *x, enum vbhp_xfer_id id)
+static int vbhp_xfer_init(struct vbhp *vb, enum vbhp_xfer_id id)
 {
+	struct vbhp_xfer *x = &vb->xfer[id];
 	unsigned int i;
 
 	x->id = id;
+	x->inflate = id == VBHP_XFER_INFLATE || id == VBHP_XFER_HP_INFLATE;
+	x->pfn_order = id >= VBHP_XFER_HP_INFLATE ? vb->hp_order : 0;
+	if (!x->vq)
+		return 0;
 	x->nr_slots = min(max_inflight, virtqueue_get_vring_size(x->vq));
 	x->ring = kcalloc(x->nr_slots, sizeof(*x->ring), GFP_KERNEL);
 	if (!x->ring)
@@ -360,23 +422,6 @@ static int vbhp_xfer_init(struct vbhp_xfer *x, enum vbhp_xfer_id id)
 }
 
 /* ---- the balloon: inflate and deflate toward the host's target ---- */
-
-static unsigned long vbhp_target(struct vbhp *vb)
-{
-	u32 num_pages;
-
-	virtio_cread_le(vb->vdev, struct virtio_balloon_config, num_pages,
-			&num_pages);
-	return num_pages;
-}
-
-static void vbhp_update_actual(struct vbhp *vb)
-{
-	u32 actual = vb->num_pages;
-
-	virtio_cwrite_le(vb->vdev, struct virtio_balloon_config, actual,
-			 &actual);
-}
 
 /* Whether taking @order more would eat into the guest's reserve. */
 static bool vbhp_inflate_reserve_hit(struct vbhp *vb, unsigned int order)
@@ -416,19 +461,18 @@ static struct page *vbhp_inflate_get_block(struct vbhp *vb,
  */
 static unsigned long vbhp_inflate(struct vbhp *vb, unsigned long frames)
 {
-	struct vbhp_xfer *x = &vb->xfer[VBHP_XFER_INFLATE];
 	unsigned long before = vb->num_pages, queued = 0;
 	struct page *page;
 
 	vb->alloc_order = vb->max_order;
-	while (queued < min(frames, VBHP_ROUND_FRAMES)) {
+	while (queued < min(frames, vb->round_frames)) {
 		page = vbhp_inflate_get_block(vb, frames - queued);
 		if (!page)
 			break;
 		queued += vbhp_order_frames(page_private(page));
-		vbhp_xfer_add(vb, x, page);
+		vbhp_xfer_add(vb, page, true);
 	}
-	vbhp_xfer_flush(vb, x);
+	vbhp_xfer_flush(vb, true);
 	return vb->num_pages - before;
 }
 
@@ -440,7 +484,6 @@ static unsigned long vbhp_inflate(struct vbhp *vb, unsigned long frames)
 static void vbhp_deflate(struct vbhp *vb, unsigned long frames,
 			 unsigned long budget)
 {
-	struct vbhp_xfer *x = &vb->xfer[VBHP_XFER_DEFLATE];
 	unsigned long queued = 0;
 	struct page *page;
 
@@ -449,9 +492,9 @@ static void vbhp_deflate(struct vbhp *vb, unsigned long frames,
 		if (!page)
 			break;
 		queued += vbhp_order_frames(page_private(page));
-		vbhp_xfer_add(vb, x, page);
+		vbhp_xfer_add(vb, page, false);
 	}
-	vbhp_xfer_flush(vb, x);
+	vbhp_xfer_flush(vb, false);
 }
 
 static void vbhp_queue_work(struct vbhp *vb, unsigned long delay)
@@ -464,7 +507,7 @@ static void vbhp_queue_work(struct vbhp *vb, unsigned long delay)
 	spin_unlock_irqrestore(&vb->stop_lock, flags);
 }
 
-/* One round: move about VBHP_ROUND_FRAMES toward the target, then requeue. */
+/* One round: move about round_frames toward the target, then requeue. */
 static void vbhp_work_fn(struct work_struct *work)
 {
 	struct vbhp *vb = container_of(to_delayed_work(work), struct vbhp,
@@ -477,14 +520,14 @@ static void vbhp_work_fn(struct work_struct *work)
 	if (target > vb->num_pages) {
 		want = target - vb->num_pages;
 		got = vbhp_inflate(vb, want);
-		if (got < min(want, VBHP_ROUND_FRAMES)) {
+		if (got < min(want, vb->round_frames)) {
 			vbhp_count(&vb->stats[VBHP_STAT_STALL], 1);
 			delay = VBHP_RETRY_DELAY;
 		} else if (vb->num_pages < target) {
 			delay = 0;
 		}
 	} else if (target < vb->num_pages) {
-		vbhp_deflate(vb, vb->num_pages - target, VBHP_ROUND_FRAMES);
+		vbhp_deflate(vb, vb->num_pages - target, vb->round_frames);
 		if (vb->num_pages > target)
 			delay = 0;
 	}
@@ -600,6 +643,7 @@ static int vbhp_dbg_stats_show(struct seq_file *f, void *unused)
 	seq_printf(f, "target: %lu\n", vbhp_target(vb));
 	seq_printf(f, "current: %lu\n", READ_ONCE(vb->num_pages));
 	seq_printf(f, "page_order: %u\n", vb->max_order);
+	seq_printf(f, "hp_order: %u\n", vb->hp_order);
 	seq_printf(f, "alloc_order: %u\n", READ_ONCE(vb->alloc_order));
 	seq_printf(f, "reserve_pages: %lu\n", vb->reserve_pages);
 	for (i = 0; i < VBHP_XFER_NUM; i++) {
@@ -621,14 +665,94 @@ static int vbhp_dbg_stats_show(struct seq_file *f, void *unused)
 }
 DEFINE_SHOW_ATTRIBUTE(vbhp_dbg_stats);
 
+#ifdef VBHP_TEST_HOOKS
+
+/* Fill the current buffer of @x from "pfn pfn ..."; -EINVAL on bad input. */
+static int vbhp_dbg_parse_pfns(struct vbhp_xfer *x, char *list)
+{
+	struct vbhp_buf *buf = vbhp_xfer_cur(x);
+	char *tok;
+	u32 pfn;
+
+	while ((tok = strsep(&list, " \t")) &&
+	       buf->nr_pfns < VIRTIO_BALLOON_HP_PFNS_PER_BUF) {
+		if (!*tok)
+			continue;
+		if (kstrtou32(tok, 0, &pfn)) {
+			buf->nr_pfns = 0;
+			return -EINVAL;
+		}
+		buf->pfns[buf->nr_pfns++] = cpu_to_le32(pfn);
+	}
+	return buf->nr_pfns ? 0 : -EINVAL;
+}
+
+/*
+ * Test builds only: writing "QUEUE PFN..." sends those raw frame numbers
+ * in one buffer on QUEUE and returns once the host acknowledged it, so a
+ * test can feed the host malformed buffers.  No blocks change hands.
+ */
+static ssize_t vbhp_dbg_inject_write(struct file *file,
+				     const char __user *ubuf, size_t len,
+				     loff_t *ppos)
+{
+	struct vbhp *vb = file->private_data;
+	struct vbhp_xfer *x = NULL;
+	char *kbuf, *list, *name;
+	unsigned int i;
+	int err;
+
+	kbuf = memdup_user_nul(ubuf, min_t(size_t, len, PAGE_SIZE));
+	if (IS_ERR(kbuf))
+		return PTR_ERR(kbuf);
+	list = strim(kbuf);
+	name = strsep(&list, " \t");
+	for (i = 0; i < VBHP_XFER_NUM; i++)
+		if (!strcmp(name, vbhp_xfer_names[i]) && vb->xfer[i].vq)
+			x = &vb->xfer[i];
+	err = -EINVAL;
+	if (x && list) {
+		mutex_lock(&vb->lock);
+		err = vbhp_dbg_parse_pfns(x, list);
+		if (!err)
+			vbhp_xfer_flush(vb, x->inflate);
+		mutex_unlock(&vb->lock);
+	}
+	kfree(kbuf);
+	return err ?: len;
+}
+
+static const struct file_operations vbhp_dbg_inject_fops = {
+	.owner = THIS_MODULE,
+	.open = simple_open,
+	.write = vbhp_dbg_inject_write,
+};
+
+static void vbhp_dbg_init_hooks(struct vbhp *vb)
+{
+	vb->debugfs_inject = debugfs_create_file(KBUILD_MODNAME "_inject",
+						 0200, NULL, vb,
+						 &vbhp_dbg_inject_fops);
+}
+
+#else
+
+static inline void vbhp_dbg_init_hooks(struct vbhp *vb)
+{
+}
+
+#endif /* VBHP_TEST_HOOKS */
+
 static void vbhp_dbg_init(struct vbhp *vb)
 {
 	vb->debugfs = debugfs_create_file(KBUILD_MODNAME, 0444, NULL, vb,
 					  &vbhp_dbg_stats_fops);
+	vbhp_dbg_init_hooks(vb);
 }
 
 static void vbhp_dbg_exit(struct vbhp *vb)
 {
+	debugfs_remove(vb->debugfs_inject);
 	debugfs_remove(vb->debugfs);
 }
 
@@ -653,47 +777,69 @@ static void vbhp_xfer_acked(struct virtqueue *vq)
 	wake_up(&vb->acked);
 }
 
+/*
+ * Queues in device order; a NULL name skips a queue whose feature is not
+ * negotiated, so the hp queues follow the last negotiated one.
+ */
+enum {
+	VBHP_VQ_INFLATE,
+	VBHP_VQ_DEFLATE,
+	VBHP_VQ_STATS,
+	VBHP_VQ_HP_INFLATE,
+	VBHP_VQ_HP_DEFLATE,
+	VBHP_VQ_NUM,
+};
+
 static int vbhp_init_vqs(struct vbhp *vb)
 {
-	vq_callback_t *callbacks[] = { vbhp_xfer_acked, vbhp_xfer_acked,
-				       vbhp_stats_request };
-	const char * const names[] = { "inflate", "deflate", "stats" };
-	struct virtqueue *vqs[3];
-	unsigned int nvqs = 2;
+	vq_callback_t *callbacks[VBHP_VQ_NUM] = {
+		vbhp_xfer_acked, vbhp_xfer_acked, vbhp_stats_request,
+		vbhp_xfer_acked, vbhp_xfer_acked };
+	const char *names[VBHP_VQ_NUM] = { "inflate", "deflate" };
+	struct virtqueue *vqs[VBHP_VQ_NUM] = {};
 	int err;
 
 	if (virtio_has_feature(vb->vdev, VIRTIO_BALLOON_F_STATS_VQ))
-		nvqs = 3;
-	err = vbhp_compat_find_vqs(vb->vdev, nvqs, vqs, callbacks, names);
+		names[VBHP_VQ_STATS] = "stats";
+	if (vb->hp_order) {
+		names[VBHP_VQ_HP_INFLATE] = "hp_inflate";
+		names[VBHP_VQ_HP_DEFLATE] = "hp_deflate";
+	}
+	err = vbhp_compat_find_vqs(vb->vdev, VBHP_VQ_NUM, vqs, callbacks,
+				   names);
 	if (err)
 		return err;
-	vb->xfer[VBHP_XFER_INFLATE].vq = vqs[0];
-	vb->xfer[VBHP_XFER_DEFLATE].vq = vqs[1];
-	vb->stats_vq = nvqs == 3 ? vqs[2] : NULL;
+	vb->xfer[VBHP_XFER_INFLATE].vq = vqs[VBHP_VQ_INFLATE];
+	vb->xfer[VBHP_XFER_DEFLATE].vq = vqs[VBHP_VQ_DEFLATE];
+	vb->xfer[VBHP_XFER_HP_INFLATE].vq = vqs[VBHP_VQ_HP_INFLATE];
+	vb->xfer[VBHP_XFER_HP_DEFLATE].vq = vqs[VBHP_VQ_HP_DEFLATE];
+	vb->stats_vq = vqs[VBHP_VQ_STATS];
 	return 0;
-}
-
-static int vbhp_init_xfers(struct vbhp *vb)
-{
-	int err;
-
-	err = vbhp_xfer_init(&vb->xfer[VBHP_XFER_INFLATE], VBHP_XFER_INFLATE);
-	if (err)
-		return err;
-	err = vbhp_xfer_init(&vb->xfer[VBHP_XFER_DEFLATE], VBHP_XFER_DEFLATE);
-	if (err)
-		goto out_free_inflate;
-	return 0;
-
-out_free_inflate:
-	kfree(vb->xfer[VBHP_XFER_INFLATE].ring);
-	return err;
 }
 
 static void vbhp_free_xfers(struct vbhp *vb)
 {
-	kfree(vb->xfer[VBHP_XFER_DEFLATE].ring);
-	kfree(vb->xfer[VBHP_XFER_INFLATE].ring);
+	unsigned int i;
+
+	for (i = 0; i < VBHP_XFER_NUM; i++)
+		kfree(vb->xfer[i].ring);
+}
+
+static int vbhp_init_xfers(struct vbhp *vb)
+{
+	unsigned int i;
+	int err;
+
+	for (i = 0; i < VBHP_XFER_NUM; i++) {
+		err = vbhp_xfer_init(vb, i);
+		if (err)
+			goto out_free_rings;
+	}
+	return 0;
+
+out_free_rings:
+	vbhp_free_xfers(vb);
+	return err;
 }
 
 /* Memory inflation leaves available: reserve_mb, or 1/32 of RAM. */
@@ -721,7 +867,16 @@ static void vbhp_init_state(struct vbhp *vb, struct virtio_device *vdev)
 	for (order = 0; order < VBHP_NR_ORDERS; order++)
 		INIT_LIST_HEAD(&vb->blocks[order]);
 	vb->max_order = page_order;
-	vb->alloc_order = page_order;
+	if (virtio_has_feature(vdev, VIRTIO_BALLOON_F_HP_BLOCKS)) {
+		/* vbhp_validate() made sure 1 <= hp_block_order <= page_order */
+		virtio_cread_le(vdev, struct virtio_balloon_hp_config,
+				hp_block_order, &vb->hp_order);
+		vb->max_order = vb->hp_order;
+	}
+	vb->alloc_order = vb->max_order;
+	vb->round_frames = max(VBHP_ROUND_FRAMES,
+			       (unsigned long)VIRTIO_BALLOON_HP_PFNS_PER_BUF <<
+			       vb->hp_order);
 	vb->reserve_pages = vbhp_reserve_pages();
 	/* As upstream: with DEFLATE_ON_OOM ballooned memory stays in MemTotal. */
 	vb->adjust_managed = !virtio_has_feature(vdev,
@@ -755,8 +910,10 @@ static int vbhp_probe(struct virtio_device *vdev)
 		vbhp_stats_push(vb);
 	vbhp_dbg_init(vb);
 	vbhp_queue_work(vb, 0);
-	dev_info(&vdev->dev, "blocks of order %u, %u buffers in flight, reserve %lu MiB\n",
-		 vb->max_order, vb->xfer[VBHP_XFER_INFLATE].nr_slots,
+	dev_info(&vdev->dev, "blocks of order %u, %s, %u buffers in flight, reserve %lu MiB\n",
+		 vb->max_order,
+		 vb->hp_order ? "one frame number per block" : "4 KiB frames",
+		 vb->xfer[VBHP_XFER_INFLATE].nr_slots,
 		 vb->reserve_pages >> (20 - PAGE_SHIFT));
 	return 0;
 
@@ -796,6 +953,26 @@ static void vbhp_remove(struct virtio_device *vdev)
 	kfree(vb);
 }
 
+/*
+ * Before features are final: huge blocks are usable only if the host's
+ * order is one this guest allocates, i.e. 1 <= hp_block_order <= page_order.
+ */
+static int vbhp_validate(struct virtio_device *vdev)
+{
+	u32 order;
+
+	if (!virtio_has_feature(vdev, VIRTIO_BALLOON_F_HP_BLOCKS))
+		return 0;
+	virtio_cread_le(vdev, struct virtio_balloon_hp_config, hp_block_order,
+			&order);
+	if (!order || order > page_order) {
+		dev_info(&vdev->dev, "host block order %u unusable with page_order=%u: sending 4 KiB frames\n",
+			 order, page_order);
+		__virtio_clear_bit(vdev, VIRTIO_BALLOON_F_HP_BLOCKS);
+	}
+	return 0;
+}
+
 static void vbhp_config_changed(struct virtio_device *vdev)
 {
 	vbhp_queue_work(vdev->priv, 0);
@@ -805,6 +982,7 @@ static unsigned int vbhp_features[] = {
 	VIRTIO_BALLOON_F_MUST_TELL_HOST,
 	VIRTIO_BALLOON_F_STATS_VQ,
 	VIRTIO_BALLOON_F_DEFLATE_ON_OOM,
+	VIRTIO_BALLOON_F_HP_BLOCKS,
 };
 
 static const struct virtio_device_id vbhp_id_table[] = {
@@ -818,6 +996,7 @@ static struct virtio_driver vbhp_driver = {
 	.driver.name = KBUILD_MODNAME,
 	.driver.owner = THIS_MODULE,
 	.id_table = vbhp_id_table,
+	.validate = vbhp_validate,
 	.probe = vbhp_probe,
 	.remove = vbhp_remove,
 	.config_changed = vbhp_config_changed,

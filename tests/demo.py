@@ -43,7 +43,7 @@ def move(b, want, label):
 
 def main():
     kernel = sys.argv[1] if len(sys.argv) > 1 else kernels()[0]
-    print(f'demo: booting a {RAM_MIB} MiB guest, kernel {kernel} (QEMU TCG unless /dev/kvm)')
+    print(f'demo: booting a {RAM_MIB} MiB guest, kernel {getattr(kernel, "kver", kernel)} (QEMU TCG unless KVM works)')
     with balloon_guest(kernel, RAM_MIB) as g:
         b = Balloon(g)
         b.load('page_order=9')

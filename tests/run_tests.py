@@ -95,6 +95,19 @@ def guest_stat(g, name):
 
 
 @test
+def deflate_on_oom_keeps_memtotal(kernel):
+    """With DEFLATE_ON_OOM negotiated, ballooned memory stays in MemTotal."""
+    with balloon_guest(kernel, 1024, balloon_args=',deflate-on-oom=on') as g:
+        b = Balloon(g, deflate_on_oom=True)
+        b.load()
+        b.settle(512 * MiB)
+        b.check()
+        assert g.meminfo()['MemTotal'] == b.boot_kb
+        b.settle(1024 * MiB)
+        b.check()
+
+
+@test
 def fragmented_guest_falls_back(kernel):
     """With no free 2 MiB block left the target is still met, in lower orders."""
     with balloon_guest(kernel, 1024) as g:
