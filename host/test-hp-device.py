@@ -1,0 +1,433 @@
+#!/usr/bin/env python3
+"""Check the patched QEMU's huge-block balloon device without a guest kernel.
+
+QEMU runs with the qtest accelerator: this script plays the guest driver,
+programming the virtio-pci device through port I/O and guest memory, so the
+device side of the protocol (config field, queue layout, inflate/deflate of
+2 MiB blocks, rejects, acks, trace events) is checked for real.
+
+Usage: host/test-hp-device.py [QEMU_BINARY]
+       (default: .cache/qemu/bin/qemu-hp, built by host/build-qemu.sh)
+Prints one line per check and 'N passed, N failed' at the end.
+"""
+import os
+import re
+import struct
+import subprocess
+import sys
+import tempfile
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+QEMU = sys.argv[1] if len(sys.argv) > 1 else \
+    os.path.join(ROOT, ".cache/qemu/bin/qemu-hp")
+
+F_MUST_TELL_HOST, F_STATS_VQ, F_REPORTING, F_HP_BLOCKS = 0, 1, 5, 20
+F_VERSION_1 = 32
+S_ACK, S_DRIVER, S_DRIVER_OK, S_FEATURES_OK = 1, 2, 4, 8
+PCI_DEV = 4                      # -device ...,addr=04.0
+IO_BAR = 0xc000                  # where we map the legacy I/O BAR
+MEM_BAR = 0xfe000000             # where we map the modern memory BAR
+RING_BASE = 0x100000             # vrings and buffers live in 1..2 MiB
+QUEUE_SPACE = 0x20000             # per queue: a 1024-entry vring + buffers
+MIB = 1 << 20
+BLOCK = 2 * MIB                  # order 9
+
+passed = failed = 0
+
+
+def check(ok, what):
+    global passed, failed
+    if ok:
+        passed += 1
+        print("ok     " + what)
+    else:
+        failed += 1
+        print("FAILED " + what)
+
+
+class QTest:
+    """A QEMU under -accel qtest, spoken to over stdin/stdout."""
+
+    def __init__(self, device, mem="256M", trace=None):
+        args = [QEMU, "-machine", "pc", "-accel", "qtest", "-qtest", "stdio",
+                "-qtest-log", "/dev/null",
+                "-display", "none", "-nodefaults", "-m", mem,
+                "-device", device + ",addr=%02x.0" % PCI_DEV]
+        if trace:
+            args += ["-trace", "virtio_balloon_hp_*,file=" + trace]
+        self.p = subprocess.Popen(args, stdin=subprocess.PIPE,
+                                  stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True)
+
+    def cmd(self, line):
+        self.p.stdin.write(line + "\n")
+        self.p.stdin.flush()
+        while True:
+            resp = self.p.stdout.readline()
+            if not resp:
+                raise RuntimeError("QEMU died: " + self.p.stderr.read())
+            if not resp.startswith("IRQ"):
+                break
+        if not resp.startswith("OK"):
+            raise RuntimeError("%s -> %s" % (line, resp.strip()))
+        parts = resp.split()
+        return parts[1] if len(parts) > 1 else None
+
+    def close(self):
+        """Stop QEMU (SIGTERM: a clean shutdown that flushes the trace)."""
+        self.p.terminate()
+        self.p.wait(timeout=30)
+        self.p.stdin.close()
+        err = self.p.stderr.read()
+        return "\n".join(line for line in err.splitlines()
+                         if "terminating on signal" not in line)
+
+    # port I/O
+    def out(self, size, addr, val):
+        self.cmd("out%s 0x%x 0x%x" % ("bwl"[size // 2], addr, val))
+
+    def inp(self, size, addr):
+        return int(self.cmd("in%s 0x%x" % ("bwl"[size // 2], addr)), 16)
+
+    # guest memory
+    def write(self, addr, data):
+        self.cmd("write 0x%x 0x%x 0x%s" % (addr, len(data), data.hex()))
+
+    def read(self, addr, size):
+        return bytes.fromhex(self.cmd("read 0x%x 0x%x" % (addr, size))[2:])
+
+    def memset(self, addr, size, val):
+        self.cmd("memset 0x%x 0x%x 0x%x" % (addr, size, val))
+
+    def writel(self, addr, val, size=4):
+        self.cmd("write%s 0x%x 0x%x" % ({1: "b", 2: "w", 4: "l", 8: "q"}[size],
+                                        addr, val))
+
+    def readl(self, addr, size=4):
+        return int(self.cmd("read%s 0x%x" % ({1: "b", 2: "w", 4: "l",
+                                              8: "q"}[size], addr)), 16)
+
+    # PCI config space of our device (mechanism #1)
+    def cfg_addr(self, reg):
+        self.out(4, 0xcf8, 0x80000000 | (PCI_DEV << 11) | (reg & ~3))
+        return 0xcfc + (reg & 3)
+
+    def cfg_read(self, size, reg):
+        return self.inp(size, self.cfg_addr(reg))
+
+    def cfg_write(self, size, reg, val):
+        self.out(size, self.cfg_addr(reg), val)
+
+
+class VirtQueue:
+    """A split virtqueue in guest memory, driven by this script."""
+
+    def __init__(self, qt, index, size, base):
+        self.qt, self.index, self.size, self.base = qt, index, size, base
+        self.desc = base
+        self.avail = base + 16 * size
+        self.used = (self.avail + 6 + 2 * size + 4095) & ~4095
+        self.buf = self.used + 4096 + 8 * size       # buffers follow
+        self.buf = (self.buf + 4095) & ~4095
+        self.avail_idx = 0
+        qt.memset(base, self.buf - base, 0)
+
+    def add_out(self, chunks):
+        """Make one element of out descriptors, one per chunk, available."""
+        addr, n = self.buf, len(chunks)
+        self.buf += sum((len(c) + 15) & ~15 for c in chunks)
+        head = (self.avail_idx * 4) % self.size       # 4 descs per element
+        for i, data in enumerate(chunks):
+            self.qt.write(addr, data)
+            nxt = head + i + 1
+            flags = 1 if i < n - 1 else 0              # VRING_DESC_F_NEXT
+            self.qt.write(self.desc + 16 * (head + i),
+                          struct.pack("<QIHH", addr, len(data), flags,
+                                      nxt if flags else 0))
+            addr += (len(data) + 15) & ~15
+        ring = self.avail + 4 + 2 * (self.avail_idx % self.size)
+        self.qt.writel(ring, head, 2)
+        self.avail_idx += 1
+        self.qt.writel(self.avail + 2, self.avail_idx, 2)
+
+    def used_idx(self):
+        return self.qt.readl(self.used + 2, 2)
+
+
+class LegacyBalloon:
+    """virtio-balloon-pci with disable-modern=on: the legacy I/O interface."""
+
+    def __init__(self, qt):
+        self.qt = qt
+        qt.cfg_write(4, 0x10, IO_BAR | 1)
+        qt.cfg_write(2, 0x04, 0x5)                     # I/O + bus master
+        qt.out(1, IO_BAR + 0x12, 0)                    # reset
+        qt.out(1, IO_BAR + 0x12, S_ACK | S_DRIVER)
+
+    def host_features(self):
+        return self.qt.inp(4, IO_BAR + 0x00)
+
+    def set_features(self, f):
+        self.qt.out(4, IO_BAR + 0x04, f)
+
+    def config(self, off):
+        return self.qt.inp(4, IO_BAR + 0x14 + off)     # no MSI-X
+
+    def queue_size(self, i):
+        self.qt.out(2, IO_BAR + 0x0e, i)
+        return self.qt.inp(2, IO_BAR + 0x0c)
+
+    def setup_queue(self, i):
+        size = self.queue_size(i)
+        vq = VirtQueue(self.qt, i, size, RING_BASE + i * QUEUE_SPACE)
+        self.qt.out(4, IO_BAR + 0x08, vq.base >> 12)
+        return vq
+
+    def driver_ok(self):
+        self.qt.out(1, IO_BAR + 0x12, S_ACK | S_DRIVER | S_DRIVER_OK)
+
+    def notify(self, vq):
+        self.qt.out(2, IO_BAR + 0x10, vq.index)
+
+
+class ModernBalloon:
+    """virtio-balloon-pci, virtio 1.x: common config through the caps."""
+
+    def __init__(self, qt):
+        self.qt = qt
+        self.caps = {}
+        ptr = qt.cfg_read(1, 0x34)
+        while ptr:
+            if qt.cfg_read(1, ptr) == 0x09:            # vendor specific
+                cfg_type = qt.cfg_read(1, ptr + 3)
+                self.caps.setdefault(cfg_type, (qt.cfg_read(1, ptr + 4),
+                                                qt.cfg_read(4, ptr + 8)))
+            ptr = qt.cfg_read(1, ptr + 1)
+        bar, _ = self.caps[1]
+        qt.cfg_write(4, 0x10 + 4 * bar, MEM_BAR)
+        qt.cfg_write(4, 0x14 + 4 * bar, 0)             # 64-bit BAR high
+        qt.cfg_write(2, 0x04, 0x6)                     # memory + bus master
+        self.common = MEM_BAR + self.caps[1][1]
+        self.set_status(0)
+        self.set_status(S_ACK | S_DRIVER)
+
+    def set_status(self, s):
+        self.qt.writel(self.common + 0x14, s, 1)
+
+    def status(self):
+        return self.qt.readl(self.common + 0x14, 1)
+
+    def num_queues(self):
+        return self.qt.readl(self.common + 0x12, 2)
+
+    def host_features(self):
+        f = 0
+        for sel in (0, 1):
+            self.qt.writel(self.common + 0x00, sel)
+            f |= self.qt.readl(self.common + 0x04) << (32 * sel)
+        return f
+
+    def set_features(self, f):
+        for sel in (0, 1):
+            self.qt.writel(self.common + 0x08, sel)
+            self.qt.writel(self.common + 0x0c, (f >> (32 * sel)) & 0xffffffff)
+
+
+def pfns(*values):
+    return struct.pack("<%dI" % len(values), *values)
+
+
+def trace_lines(path, event):
+    with open(path) as f:
+        return [line for line in f if re.search(r"\b%s\b" % event, line)]
+
+
+def test_hp_queues(tmp):
+    trace = os.path.join(tmp, "hp.trace")
+    qt = QTest("virtio-balloon-pci,disable-modern=on,hp-block-order=9",
+               trace=trace)
+    dev = LegacyBalloon(qt)
+    hf = dev.host_features()
+    check(hf & (1 << F_HP_BLOCKS), "hp-block-order=9 offers feature bit 20")
+    check(dev.config(16) == 9, "config hp_block_order @16 reads 9")
+    dev.set_features((1 << F_MUST_TELL_HOST) | (1 << F_STATS_VQ) |
+                     (1 << F_HP_BLOCKS))
+    # (10.0.x stable forces every queue to 1024 entries: any size will do)
+    sizes = [dev.queue_size(i) for i in range(6)]
+    check(all(sizes[:5]) and sizes[5] == 0,
+          "5 queues (inflate, deflate, stats, hp_inflate, hp_deflate): %s"
+          % sizes)
+    vqs = [dev.setup_queue(i) for i in range(5)]
+    dev.driver_ok()
+    ivq, hp_ivq, hp_dvq = vqs[0], vqs[3], vqs[4]
+
+    # Guest RAM from 6 to 14 MiB gets a pattern; blocks 8 and 10 MiB go.
+    for a in (6 * MIB, 8 * MIB, 10 * MIB, 12 * MIB):
+        qt.memset(a, BLOCK, 0xa5)
+    bad = [0x801,          # misaligned for order 9
+           0x100000,       # 4 GiB: outside guest RAM (-m 256M)
+           0x0,            # 0..2 MiB straddles the VGA/BIOS holes
+           0xfffe00]       # near 64 GiB: nothing there
+    hp_ivq.add_out([pfns(0x800, *bad, 0xa00)])
+    dev.notify(hp_ivq)
+    check(hp_ivq.used_idx() == 1, "hp_inflate buffer acknowledged")
+    check(qt.read(8 * MIB, 16) == bytes(16) and
+          qt.read(8 * MIB + BLOCK - 16, 16) == bytes(16) and
+          qt.read(10 * MIB + MIB, 16) == bytes(16),
+          "inflated blocks at 8 and 10 MiB discarded (read back as zero)")
+    check(qt.read(12 * MIB, 16) == b"\xa5" * 16 and
+          qt.read(8 * MIB - 16, 16) == b"\xa5" * 16 and
+          qt.read(12 * MIB + BLOCK - 16, 16) == b"\xa5" * 16,
+          "memory around the blocks untouched")
+
+    # PFNs split across descriptors, one PFN straddling two of them.
+    data = pfns(0xc00, 0x600, 0x400)
+    hp_dvq.add_out([data[:6], data[6:]])
+    dev.notify(hp_dvq)
+    check(hp_dvq.used_idx() == 1, "hp_deflate buffer (2 descriptors) acked")
+    check(qt.read(12 * MIB, 16) == b"\xa5" * 16,
+          "deflate leaves guest memory alone")
+
+    # 260 PFNs: the last 4 exceed the protocol's 256 and are rejected.
+    hp_ivq.add_out([pfns(*([0x600] * 256 + [0x400] * 4))])
+    # A 6-byte buffer: one PFN plus 2 stray bytes.
+    hp_ivq.add_out([pfns(0x400) + b"\0\0"])
+    dev.notify(hp_ivq)
+    check(hp_ivq.used_idx() == 3, "oversized and odd-length buffers acked")
+
+    # The 4 KiB path is still served.
+    qt.memset(16 * MIB, 4096, 0x5a)
+    ivq.add_out([pfns(16 * MIB >> 12)])
+    dev.notify(ivq)
+    check(ivq.used_idx() == 1 and qt.read(16 * MIB, 16) == bytes(16),
+          "stock 4 KiB inflateq still works")
+    err = qt.close()
+    check(not err.strip(), "no error output from QEMU (%r)" % err[:200])
+
+    bufs = trace_lines(trace, "virtio_balloon_hp_buffer")
+    infl = trace_lines(trace, "virtio_balloon_hp_inflate")
+    defl = trace_lines(trace, "virtio_balloon_hp_deflate")
+    rej = trace_lines(trace, "virtio_balloon_hp_reject")
+    bad_len = trace_lines(trace, "virtio_balloon_hp_bad_length")
+    check(len(bufs) == 4, "4 hp buffer trace events (%d)" % len(bufs))
+    check(any("queue: hp_inflate pfns: 6" in b for b in bufs) and
+          any("queue: hp_deflate pfns: 3" in b for b in bufs) and
+          any("pfns: 260" in b for b in bufs),
+          "buffer events name the queue and the PFN count")
+    check(len(infl) == 2 + 256 + 1 and "gpa: 0x800000 order: 9" in infl[0],
+          "one inflate event per accepted block (%d)" % len(infl))
+    check(len(defl) == 3 and "gpa: 0xc00000 order: 9" in defl[0],
+          "one deflate event per block (%d)" % len(defl))
+    reasons = [re.search(r"reason: (\S+)", r).group(1) for r in rej]
+    check(reasons[:4] == ["misaligned", "outside-guest-ram",
+                          "straddles-ram-region", "outside-guest-ram"],
+          "malformed PFNs rejected with reasons: %s" % reasons[:4])
+    check(reasons[4:] == ["beyond-256-pfns"] * 4,
+          "PFNs past 256 rejected: %s" % reasons[4:])
+    check(len(bad_len) == 1, "odd buffer length traced")
+    with open(os.path.join(tmp, "hp.trace")) as f:
+        sys.stdout.write("".join("       | " + line for line in
+                                 list(f)[:8]))
+
+
+def test_edges(tmp):
+    """Order 1 blocks, and a block running past the end of RAM (255 MiB)."""
+    trace = os.path.join(tmp, "edges.trace")
+    qt = QTest("virtio-balloon-pci,disable-modern=on,hp-block-order=1",
+               mem="255M", trace=trace)
+    dev = LegacyBalloon(qt)
+    check(dev.config(16) == 1, "hp-block-order=1: config reads 1")
+    dev.set_features((1 << F_STATS_VQ) | (1 << F_HP_BLOCKS))
+    vqs = [dev.setup_queue(i) for i in range(5)]
+    dev.driver_ok()
+    qt.memset(8 * MIB, 6 * 4096, 0xa5)
+    vqs[3].add_out([pfns(0x802, 0x803, 0xff00 - 2, 0xff00)])
+    dev.notify(vqs[3])
+    check(vqs[3].used_idx() == 1 and
+          qt.read(8 * MIB + 2 * 4096, 4096) == bytes(4096) and
+          qt.read(8 * MIB + 4 * 4096, 16) == b"\xa5" * 16 and
+          qt.read(8 * MIB + 2 * 4096 - 16, 16) == b"\xa5" * 16,
+          "order 1: exactly the 8 KiB block at pfn 0x802 discarded")
+    qt.close()
+    rej = [re.search(r"pfn: (\S+) order: 1 reason: (\S+)", r).groups()
+           for r in trace_lines(trace, "virtio_balloon_hp_reject")]
+    check(rej == [("0x803", "misaligned"), ("0xff00", "outside-guest-ram")],
+          "order 1 rejects: %s" % rej)
+    check(len(trace_lines(trace, "virtio_balloon_hp_inflate")) == 2,
+          "order 1: the last block of RAM (pfn 0xfefe) accepted")
+
+    trace = os.path.join(tmp, "end.trace")
+    qt = QTest("virtio-balloon-pci,disable-modern=on,hp-block-order=9",
+               mem="255M", trace=trace)
+    dev = LegacyBalloon(qt)
+    dev.set_features((1 << F_STATS_VQ) | (1 << F_HP_BLOCKS))
+    vqs = [dev.setup_queue(i) for i in range(5)]
+    dev.driver_ok()
+    vqs[3].add_out([pfns(0xfc00, 0xfe00)])     # 252 MiB fine, 254 straddles
+    dev.notify(vqs[3])
+    qt.close()
+    rej = trace_lines(trace, "virtio_balloon_hp_reject")
+    check(vqs and len(rej) == 1 and "pfn: 0xfe00" in rej[0] and
+          "straddles-ram-region" in rej[0],
+          "block across the end of RAM rejected: %s" % [r.strip() for r in rej])
+
+
+def test_stock(tmp):
+    qt = QTest("virtio-balloon-pci,disable-modern=on")
+    dev = LegacyBalloon(qt)
+    hf = dev.host_features()
+    check(not hf & (1 << F_HP_BLOCKS), "no hp-block-order: bit 20 not offered")
+    check(dev.config(16) == 0xffffffff,
+          "no hp-block-order: config is 16 bytes (read @16 is out of range)")
+    sizes = [dev.queue_size(i) for i in range(4)]
+    check(all(sizes[:3]) and sizes[3] == 0,
+          "no hp-block-order: 3 queues as in stock QEMU")
+    qt.close()
+
+
+def test_modern_negotiation(tmp):
+    base = (1 << F_VERSION_1) | (1 << F_STATS_VQ) | (1 << F_HP_BLOCKS)
+    cases = [("hp-block-order=9", base, True, 5),
+             ("hp-block-order=9,free-page-reporting=on", base, False, 6),
+             ("hp-block-order=9,free-page-reporting=on",
+              base | (1 << F_REPORTING), True, 6),
+             ("hp-block-order=9", base & ~(1 << F_STATS_VQ), False, 5),
+             ("free-page-reporting=on", (1 << F_VERSION_1), True, 4)]
+    for props, feats, accepted, nq in cases:
+        qt = QTest("virtio-balloon-pci,disable-legacy=on," + props)
+        dev = ModernBalloon(qt)
+        offered = dev.host_features()
+        dev.set_features(feats & offered)
+        dev.set_status(S_ACK | S_DRIVER | S_FEATURES_OK)
+        ok = bool(dev.status() & S_FEATURES_OK)
+        check(ok == accepted and dev.num_queues() == nq,
+              "modern %s, driver features 0x%x: FEATURES_OK %s, %d queues"
+              % (props, feats & offered, "accepted" if ok else "refused",
+                 dev.num_queues()))
+        qt.close()
+
+
+def test_realize_errors():
+    for order, want in (("10", "must be between 1 and 9"),
+                        ("256", "expects uint8")):
+        p = subprocess.run([QEMU, "-machine", "pc", "-accel", "qtest",
+                            "-display", "none", "-nodefaults", "-device",
+                            "virtio-balloon-pci,hp-block-order=" + order],
+                           capture_output=True, text=True, timeout=30)
+        check(p.returncode != 0 and want in p.stderr,
+              "hp-block-order=%s refused: %s" % (order, p.stderr.strip()))
+
+
+def main():
+    with tempfile.TemporaryDirectory() as tmp:
+        test_hp_queues(tmp)
+        test_edges(tmp)
+        test_stock(tmp)
+        test_modern_negotiation(tmp)
+        test_realize_errors()
+    print("%d passed, %d failed" % (passed, failed))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
