@@ -5,7 +5,8 @@
 #
 #   make                  build against KDIR (default: the running kernel)
 #   make install          install the module and the modprobe.d blacklist
-#   make check            install test dependencies, run the QEMU test suite
+#   make check            install test dependencies, build the patched QEMU,
+#                         run the QEMU test suite
 #   make demo             boot a guest and inflate/deflate it live
 #   make lint             checkpatch --strict and sparse against KDIR
 
@@ -28,6 +29,7 @@ install: modules
 
 check:
 	bash tests/setup.sh
+	bash host/build-qemu.sh
 	$(PYTHON) tests/run_tests.py $(TESTS)
 
 demo:

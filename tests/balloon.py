@@ -15,24 +15,48 @@ MiB = 1 << 20
 MODULE = '/lib/vbhp/virtio_balloon_hp.ko'
 DEBUGFS = '/sys/kernel/debug/virtio_balloon_hp'
 SELFTESTS = os.path.join(ROOT, '.cache', 'build', 'selftests')
+HP_QEMU = os.path.join(ROOT, '.cache', 'qemu', 'bin', 'qemu-hp')  # host/build-qemu.sh
+HP_ORDER = 9
 SETTLE_TIMEOUT = 240  # seconds; TCG inflates a few hundred MiB/s
 
 
-def build_module(kernel):
+def build_module(kernel, variant=''):
     """Build (W=1, sparse) for @kernel; return the path of the .ko."""
     short = getattr(kernel, 'short', kernel)
-    out = subprocess.run(['bash', os.path.join(ROOT, 'tests', 'build.sh'), short],
+    out = subprocess.run(['bash', os.path.join(ROOT, 'tests', 'build.sh'), short, variant],
                          capture_output=True, text=True)
     assert out.returncode == 0, f'build for {short} failed:\n{out.stderr}'
     return out.stdout.strip().splitlines()[-1]
 
 
-def balloon_guest(kernel, mem_mib, balloon_args='', **kw):
-    """A Guest with our module and the selftests in /lib/vbhp."""
+def balloon_guest(kernel, mem_mib, balloon_args='', hp=False, hooks=False, **kw):
+    """A Guest with our module and the selftests in /lib/vbhp.  hp: on the
+    patched QEMU with hp blocks of HP_ORDER, its trace events logged.
+    hooks: also the test-hooks build, as virtio_balloon_hp_hooks.ko."""
     files = [build_module(kernel)] + [os.path.join(SELFTESTS, p)
                                       for p in ('vbhp_check', 'vbhp_fragment')]
+    if hooks:
+        files.append(build_module(kernel, 'hooks'))
+    if hp:
+        kw.update(qemu=HP_QEMU, trace='virtio_balloon_hp_*')
+        balloon_args = f',hp-block-order={HP_ORDER}' + balloon_args
     return Guest(kernel=kernel, mem_mib=mem_mib, files=files,
                  balloon_args=balloon_args, **kw)
+
+
+def trace_count(guest, event, **fields):
+    """Trace lines of @event whose fields (e.g. queue='hp_inflate') match;
+    returns them as dicts of field -> string."""
+    found = []
+    for line in guest.trace().splitlines():
+        name, _, rest = line.partition(' ')
+        if not name.endswith(event):
+            continue
+        toks = rest.split()
+        rec = {toks[i].rstrip(':'): toks[i + 1] for i in range(0, len(toks) - 1, 2)}
+        if all(rec.get(k) == str(v) for k, v in fields.items()):
+            found.append(rec)
+    return found
 
 
 class Balloon:
@@ -45,8 +69,8 @@ class Balloon:
         self.order = None
         self.boot_kb = guest.meminfo()['MemTotal']
 
-    def load(self, params='page_order=9'):
-        self.g.sh(f'insmod {MODULE} {params}')
+    def load(self, params='page_order=9', module=MODULE):
+        self.g.sh(f'insmod {module} {params}')
         self.order = int(self.stats()['page_order'])
 
     def stats(self):

@@ -3,21 +3,26 @@
 # sparse (C=1), in a copy of the sources under .cache/build/<kver>/ so that
 # builds for several kernels do not overwrite each other.  Any compiler or
 # sparse warning fails the build.  Also builds the static selftests once.
-#   tests/build.sh 6.1      -> .cache/build/<kver>/virtio_balloon_hp.ko
+#   tests/build.sh 6.1        -> .cache/build/<kver>/virtio_balloon_hp.ko
+#   tests/build.sh 6.1 hooks  -> .cache/build/<kver>-hooks/virtio_balloon_hp_hooks.ko
+#                                (VBHP_TEST_HOOKS=y: the test-only debugfs hooks)
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 CACHE=$ROOT/.cache
-short=${1:?usage: tests/build.sh <kernel short name, e.g. 6.1>}
+short=${1:?usage: tests/build.sh <kernel short name, e.g. 6.1> [hooks]}
+variant=${2:-}
 read -r _ kver kdir < <(grep "^$short " "$CACHE/kernels.list") ||
     { echo "build: kernel $short is not in .cache/kernels.list (run tests/setup.sh)" >&2; exit 1; }
 
-out=$CACHE/build/$kver
+out=$CACHE/build/$kver${variant:+-$variant}
+hooks=()
+[[ $variant == hooks ]] && hooks=(VBHP_TEST_HOOKS=y)
 mkdir -p "$out/uapi/linux"
 cp "$ROOT"/{Kbuild,virtio_balloon_hp.c,balloon_hp.h,compat.h} "$out/"
 cp "$ROOT/uapi/linux/virtio_balloon_hp.h" "$out/uapi/linux/"
 log=$out/build.log
-if ! make -C "$kdir" M="$out" W=1 C=1 CHECK="sparse -Wno-decl" modules >"$log" 2>&1; then
+if ! make -C "$kdir" M="$out" W=1 C=1 CHECK="sparse -Wno-decl" "${hooks[@]}" modules >"$log" 2>&1; then
     cat "$log" >&2; echo "build: $kver: make failed" >&2; exit 1
 fi
 # kbuild prints nothing else for a clean build; anything with file:line is a finding
@@ -29,4 +34,10 @@ mkdir -p "$CACHE/build/selftests"
 make -s -C "$ROOT/selftests/virtio_balloon_hp" OUTPUT="$CACHE/build/selftests" \
     KSFT_INC="$CACHE/linux-src-6.1/tools/testing/selftests" >/dev/null 2>"$CACHE/build/selftests.log" ||
     { cat "$CACHE/build/selftests.log" >&2; exit 1; }
-echo "$out/virtio_balloon_hp.ko"
+ko=$out/virtio_balloon_hp.ko
+if [[ $variant == hooks ]]; then
+    # same module, another file name, so an initramfs can carry both
+    cp "$ko" "$out/virtio_balloon_hp_hooks.ko"
+    ko=$out/virtio_balloon_hp_hooks.ko
+fi
+echo "$ko"

@@ -10,7 +10,8 @@ import subprocess
 import sys
 import time
 
-from balloon import MiB, MODULE, Balloon, balloon_guest, build_module
+from balloon import (HP_ORDER, MiB, MODULE, Balloon, balloon_guest, build_module,
+                     trace_count)
 from vbhp import ROOT, Guest, main, test, wait_until
 
 
@@ -85,7 +86,10 @@ def inflate_deflate_exact(kernel):
                            ok=lambda v: v == want)
             if size == 1024 * MiB - 12 * 1024:
                 assert b.held_below(9) == 3, s
-        assert b.stats()['inflate_buffers'] >= (1024 * MiB >> 12) // 256
+        s = b.stats()
+        # Stock QEMU offers no hp blocks: everything went as 4 KiB frames.
+        assert s['hp_order'] == 0 and s['hp_inflate_buffers'] == 0, s
+        assert s['inflate_buffers'] >= (1024 * MiB >> 12) // 256, s
 
 
 def guest_stat(g, name):
@@ -110,7 +114,17 @@ def deflate_on_oom_keeps_memtotal(kernel):
 @test
 def fragmented_guest_falls_back(kernel):
     """With no free 2 MiB block left the target is still met, in lower orders."""
-    with balloon_guest(kernel, 1024) as g:
+    fragmented_case(kernel, hp=False)
+
+
+@test
+def hp_fragmented_guest_mixes_queues(kernel):
+    """Patched QEMU, fragmented guest: hp buffers and 4 KiB buffers both."""
+    fragmented_case(kernel, hp=True)
+
+
+def fragmented_case(kernel, hp):
+    with balloon_guest(kernel, 1024, hp=hp) as g:
         b = Balloon(g)
         b.load()
         fill = g.meminfo()['MemFree'] // 1024 - 200
@@ -129,6 +143,12 @@ def fragmented_guest_falls_back(kernel):
               f'{s["held_o9"] * 2} MiB in order 9, fallbacks {s["fallbacks"]}')
         assert s['fallbacks'] > 0, s
         assert b.held_below(9) * 4096 >= 64 * MiB, s
+        if hp:
+            hp_bufs = trace_count(g, 'virtio_balloon_hp_buffer', queue='hp_inflate')
+            g.log(f'hp_inflate buffers {len(hp_bufs)} (host trace), '
+                  f'inflate buffers {s["inflate_buffers"]}')
+            assert hp_bufs and s['inflate_buffers'] > 0, s
+            assert sum(int(r['pfns']) for r in hp_bufs) == s['held_o9'], s
         g.sh('killall vbhp_fragment')
         out = wait_until(frag_log, 30, 'the fragmenter to report and exit',
                          ok=lambda out: 'ok 2' in out)
@@ -181,6 +201,61 @@ def wait_between(b, start, end):
     lo, hi = min(start, end), max(start, end)
     return wait_until(b.actual, 120, f'a size strictly between {lo} and {hi}',
                       ok=lambda a: lo < a < hi, interval=0.02)
+
+
+@test
+def hp_blocks_one_pfn_per_block(kernel):
+    """Patched QEMU: 2 GiB in at most 4 hp buffers, one discard per block."""
+    with balloon_guest(kernel, 3072, hp=True) as g:
+        b = Balloon(g)
+        b.load()
+        s = b.stats()
+        assert s['hp_order'] == HP_ORDER, s
+        secs = b.settle(1024 * MiB)
+        b.check()
+        blocks = (2048 * MiB) >> (12 + HP_ORDER)
+        bufs = trace_count(g, 'virtio_balloon_hp_buffer', queue='hp_inflate')
+        discards = trace_count(g, 'virtio_balloon_hp_inflate', order=HP_ORDER)
+        s = b.stats()
+        g.log(f'2 GiB inflated in {secs:.1f} s: {len(bufs)} hp_inflate buffers, '
+              f'{len(discards)} block discards (host trace); guest counted '
+              f'{s["hp_inflate_buffers"]} buffers, {s["inflate_buffers"]} 4 KiB buffers')
+        assert 1 <= len(bufs) <= 4, bufs
+        assert sum(int(r['pfns']) for r in bufs) == blocks, bufs
+        assert len(discards) == blocks, len(discards)
+        assert len({r['gpa'] for r in discards}) == blocks
+        assert s['hp_inflate_buffers'] == len(bufs) and s['inflate_buffers'] == 0, s
+        assert not trace_count(g, 'virtio_balloon_hp_reject')
+        secs = b.settle(3072 * MiB)
+        b.check()
+        bufs = trace_count(g, 'virtio_balloon_hp_buffer', queue='hp_deflate')
+        hints = trace_count(g, 'virtio_balloon_hp_deflate', order=HP_ORDER)
+        g.log(f'deflated in {secs:.1f} s: {len(bufs)} hp_deflate buffers, {len(hints)} hints')
+        assert 1 <= len(bufs) <= 4 and len(hints) == blocks, (bufs, len(hints))
+
+
+@test
+def hp_malformed_buffers_rejected(kernel):
+    """Patched QEMU: misaligned and out-of-RAM hp blocks are refused, the
+    host keeps serving good ones (test-hooks build)."""
+    with balloon_guest(kernel, 1024, hp=True, hooks=True) as g:
+        b = Balloon(g)
+        b.load(module='/lib/vbhp/virtio_balloon_hp_hooks.ko')
+        inject = '/sys/kernel/debug/virtio_balloon_hp_inject'
+        beyond = (64 << 30) >> 12  # 64 GiB: 2 MiB aligned, far past RAM
+        g.sh(f'echo hp_inflate 0x1 {beyond} > {inject}')
+        g.sh(f'echo hp_deflate 0x201 > {inject}')
+        rejects = trace_count(g, 'virtio_balloon_hp_reject')
+        reasons = sorted((r['queue'], r['reason']) for r in rejects)
+        g.log(f'host rejected: {reasons}')
+        assert reasons == [('hp_deflate', 'misaligned'), ('hp_inflate', 'misaligned'),
+                           ('hp_inflate', 'outside-guest-ram')], reasons
+        assert g.run(f'echo hp_inflate zzz > {inject}')[0] != 0  # bad input: -EINVAL
+        b.settle(512 * MiB)
+        b.check()
+        assert len(trace_count(g, 'virtio_balloon_hp_inflate')) == 256
+        b.settle(1024 * MiB)
+        b.check()
 
 
 @test

@@ -207,10 +207,11 @@ class Guest:
     dir under .cache/run/; the runner removes it when the test passed."""
 
     def __init__(self, kernel='6.1', mem_mib=2048, smp=2, files=(), append='',
-                 qemu='qemu-system-x86_64', qemu_args=(), balloon_args=''):
+                 qemu='qemu-system-x86_64', qemu_args=(), balloon_args='', trace=None):
         self.kernel = kernel if isinstance(kernel, Kernel) else find_kernel(kernel)
         self.mem_mib, self.smp, self.files, self.append = mem_mib, smp, list(files), append
         self.qemu, self.qemu_args, self.balloon_args = qemu, list(qemu_args), balloon_args
+        self.trace_events = trace  # QEMU trace event pattern logged to trace.log
         self.dir = self.console_path = self.proc = self.qmp = self.balloon = self._agent = None
         self._console_text = None  # snapshot taken when QEMU stops
         self.boot_seconds = None
@@ -253,6 +254,8 @@ class Guest:
                 '-serial', 'chardev:agent',
                 '-device', 'virtio-balloon-pci,id=balloon0' + self.balloon_args,
                 '-qmp', f'unix:{qmp_path},server=on,wait=off', *self.qemu_args]
+        if self.trace_events:
+            argv += ['-d', f'trace:{self.trace_events}', '-D', os.path.join(self.dir, 'trace.log')]
         self.qemu_log = os.path.join(self.dir, 'qemu.log')
         with open(self.qemu_log, 'w') as log:
             log.write(' '.join(argv) + '\n')
@@ -330,6 +333,14 @@ class Guest:
         """/proc/meminfo as a dict of ints (kB for the fields measured in kB)."""
         return {k: int(v.split()[0]) for k, v in
                 (line.split(':', 1) for line in self.sh('cat /proc/meminfo').splitlines())}
+
+    def trace(self):
+        """QEMU's trace log so far (with trace= events enabled)."""
+        try:
+            with open(os.path.join(self.dir, 'trace.log'), errors='replace') as f:
+                return f.read()
+        except FileNotFoundError:
+            return ''
 
     def console(self):
         """Text of the guest console (ttyS0) so far."""
