@@ -34,35 +34,10 @@ BUILD_PKGS=(gcc make libc6-dev ninja-build pkg-config python3 python3-venv
             dpkg-dev xz-utils patch)
 BPO_PKGS=(meson)              # QEMU 10.0 needs meson >= 1.5 (bookworm: 1.0)
 RUN_PKGS=(qemu-system-x86 seabios)
-APT=(apt-get -o DPkg::Lock::Timeout=900 -y -q)
-export DEBIAN_FRONTEND=noninteractive
 START=$SECONDS
-UPDATED=
-
-log() { echo "build-qemu: $*"; }
-die() { echo "build-qemu: error: $*" >&2; exit 1; }
-
-apt_update_once() {
-    [[ -n $UPDATED ]] && return
-    log "apt-get update"
-    "${APT[@]}" update
-    UPDATED=1
-}
-
-# The Debian mirror this machine uses for bookworm (deb822 or one-line format).
-mirror_uri() {
-    local f=/etc/apt/sources.list.d/debian.sources uri=
-    [[ -f $f ]] && uri=$(awk '/^#/ {next}
-        NF == 0 { if (bw && uri) exit; bw = 0; uri = ""; next }
-        $1 == "URIs:" { uri = $2 }
-        $1 == "Suites:" { for (i = 2; i <= NF; i++) if ($i == "bookworm") bw = 1 }
-        END { if (bw && uri) print uri }' "$f")
-    [[ -z $uri && -f /etc/apt/sources.list ]] && uri=$(awk '$1 == "deb" {
-        i = 2; if ($i ~ /^\[/) { while ($i !~ /\]$/) i++; i++ }
-        if ($(i + 1) == "bookworm") { print $i; exit } }' /etc/apt/sources.list)
-    [[ -n $uri ]] || die "no bookworm mirror found in the apt sources"
-    echo "$uri"
-}
+LOG_TAG="build-qemu"
+# shellcheck source=tests/apt-lib.sh
+source "$ROOT/tests/apt-lib.sh"
 
 # Does some apt source other than ours give binary bookworm-backports?
 have_binary_backports() {

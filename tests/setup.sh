@@ -12,35 +12,10 @@ BPO_SOURCES=/etc/apt/sources.list.d/virtio-balloon-hp-backports.sources
 PACKAGES=(qemu-system-x86 busybox-static gcc make libc6-dev python3 cpio xz-utils
           kmod sparse bc linux-source-6.1
           libelf1 libssl3 pahole)  # the last three: needed by the kernels' kbuild tools
-APT=(apt-get -o DPkg::Lock::Timeout=900 -y -q)
-export DEBIAN_FRONTEND=noninteractive
 START=$SECONDS
-UPDATED=
-
-log() { echo "setup: $*"; }
-die() { echo "setup: error: $*" >&2; exit 1; }
-
-apt_update_once() {
-    [[ -n $UPDATED ]] && return
-    log "apt-get update"
-    "${APT[@]}" update
-    UPDATED=1
-}
-
-# The Debian mirror this machine uses for bookworm (deb822 or one-line format).
-mirror_uri() {
-    local f=/etc/apt/sources.list.d/debian.sources uri=
-    [[ -f $f ]] && uri=$(awk '/^#/ {next}
-        NF == 0 { if (bw && uri) exit; bw = 0; uri = ""; next }
-        $1 == "URIs:" { uri = $2 }
-        $1 == "Suites:" { for (i = 2; i <= NF; i++) if ($i == "bookworm") bw = 1 }
-        END { if (bw && uri) print uri }' "$f")
-    [[ -z $uri && -f /etc/apt/sources.list ]] && uri=$(awk '$1 == "deb" {
-        i = 2; if ($i ~ /^\[/) { while ($i !~ /\]$/) i++; i++ }
-        if ($(i + 1) == "bookworm") { print $i; exit } }' /etc/apt/sources.list)
-    [[ -n $uri ]] || die "no bookworm mirror found in the apt sources"
-    echo "$uri"
-}
+LOG_TAG=setup
+# shellcheck source=tests/apt-lib.sh
+source "$ROOT/tests/apt-lib.sh"
 
 ensure_backports() {
     local want

@@ -1,0 +1,34 @@
+# shellcheck shell=bash
+# Shared by tests/setup.sh and host/build-qemu.sh (sourced, not run).
+# The caller sets LOG_TAG before sourcing; log/die print with it.
+# apt-get always waits for the dpkg lock: several scripts may install at once.
+APT=(apt-get -o DPkg::Lock::Timeout=900 -y -q)
+export DEBIAN_FRONTEND=noninteractive
+UPDATED=
+
+log() { echo "$LOG_TAG: $*"; }
+die() { echo "$LOG_TAG: error: $*" >&2; exit 1; }
+
+apt_update_once() {
+    [[ -n $UPDATED ]] && return
+    log "apt-get update"
+    "${APT[@]}" update
+    UPDATED=1
+}
+
+# The Debian mirror this machine uses for bookworm (deb822 or one-line
+# format): scripts that add a suite take its URI from here, never a name of
+# their own.
+mirror_uri() {
+    local f=/etc/apt/sources.list.d/debian.sources uri=
+    [[ -f $f ]] && uri=$(awk '/^#/ {next}
+        NF == 0 { if (bw && uri) exit; bw = 0; uri = ""; next }
+        $1 == "URIs:" { uri = $2 }
+        $1 == "Suites:" { for (i = 2; i <= NF; i++) if ($i == "bookworm") bw = 1 }
+        END { if (bw && uri) print uri }' "$f")
+    [[ -z $uri && -f /etc/apt/sources.list ]] && uri=$(awk '$1 == "deb" {
+        i = 2; if ($i ~ /^\[/) { while ($i !~ /\]$/) i++; i++ }
+        if ($(i + 1) == "bookworm") { print $i; exit } }' /etc/apt/sources.list)
+    [[ -n $uri ]] || die "no bookworm mirror found in the apt sources"
+    echo "$uri"
+}
