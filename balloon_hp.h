@@ -23,8 +23,13 @@
 
 #define VBHP_NR_ORDERS		(VBHP_MAX_ORDER + 1)
 
-/* 4 KiB wire frames per guest page (1 on x86). */
-#define VBHP_WIRE_PER_PAGE	(1U << (PAGE_SHIFT - VIRTIO_BALLOON_HP_PFN_SHIFT))
+/*
+ * Guest pages and wire frames are the same 4 KiB here.  Larger pages would
+ * need targets rounded to whole pages and hp orders converted: not done.
+ */
+#if PAGE_SHIFT != VIRTIO_BALLOON_HP_PFN_SHIFT
+#error "virtio_balloon_hp supports 4 KiB pages only"
+#endif
 
 /* The largest number of buffers one queue may have in flight. */
 #define VBHP_MAX_INFLIGHT	64

@@ -106,7 +106,7 @@ static const char * const vbhp_stat_names[VBHP_STAT_NUM] = {
 
 static inline unsigned long vbhp_order_frames(unsigned int order)
 {
-	return (1UL << order) * VBHP_WIRE_PER_PAGE;
+	return 1UL << order;
 }
 
 static inline void vbhp_count(atomic64_t *counter, long n)
@@ -150,8 +150,7 @@ static struct page *vbhp_blk_alloc(struct vbhp *vb, unsigned int order)
 {
 	struct page *page = alloc_pages(vbhp_blk_gfp(order), order);
 
-	if (page && (page_to_pfn(page) + (1UL << order)) * VBHP_WIRE_PER_PAGE >
-	    (u64)U32_MAX + 1) {
+	if (page && page_to_pfn(page) + (1UL << order) > (u64)U32_MAX + 1) {
 		/* The wire carries 32-bit frame numbers: unusable here. */
 		__free_pages(page, order);
 		page = NULL;
@@ -226,18 +225,26 @@ static void vbhp_blk_release_list(struct vbhp *vb, struct list_head *list)
 	}
 }
 
-/* Split one held block of @order into order-0 blocks, all still held. */
+/*
+ * Split one held block into order-0 blocks, all still held.  Counted as a
+ * free at its order and allocations at order 0, so that per order
+ * alloc - free == held stays true.
+ */
 static void vbhp_blk_split(struct vbhp *vb, struct page *page)
 {
 	unsigned int order = page_private(page);
 	unsigned long i;
 
 	vbhp_blk_unhold(vb, page);
-	set_page_private(page, 0);
 	split_page(page, order);
-	for (i = 0; i < (1UL << order); i++)
+	for (i = 0; i < (1UL << order); i++) {
+		/* Only the head's private was ours: the others may be stale. */
+		set_page_private(page + i, 0);
 		vbhp_blk_hold(vb, page + i);
+	}
 	vbhp_count(&vb->stats[VBHP_STAT_SPLIT], 1);
+	vbhp_count(&vb->ostats[order][VBHP_OSTAT_FREE], 1);
+	vbhp_count(&vb->ostats[0][VBHP_OSTAT_ALLOC], 1L << order);
 }
 
 /*
@@ -380,7 +387,7 @@ static void vbhp_xfer_add(struct vbhp *vb, struct page *page, bool inflate)
 	unsigned int order = page_private(page);
 	struct vbhp_xfer *x = vbhp_xfer_for(vb, order, inflate);
 	unsigned long frames = vbhp_order_frames(order);
-	unsigned long pfn = page_to_pfn(page) * VBHP_WIRE_PER_PAGE;
+	unsigned long pfn = page_to_pfn(page);
 	struct vbhp_buf *buf = vbhp_xfer_cur(x);
 	unsigned long i;
 
@@ -423,6 +430,8 @@ static int vbhp_xfer_init(struct vbhp *vb, enum vbhp_xfer_id id)
 	unsigned int i;
 
 	x->id = id;
+	x->head = 0;
+	x->inflight = 0;
 	x->inflate = id == VBHP_XFER_INFLATE || id == VBHP_XFER_HP_INFLATE;
 	x->pfn_order = id >= VBHP_XFER_HP_INFLATE ? vb->hp_order : 0;
 	if (!x->vq)
@@ -454,10 +463,7 @@ static struct page *vbhp_inflate_get_block(struct vbhp *vb,
 	unsigned int order;
 	struct page *page;
 
-	if (frames < VBHP_WIRE_PER_PAGE)
-		return NULL;
-	order = min_t(unsigned int, vb->alloc_order,
-		      ilog2(frames / VBHP_WIRE_PER_PAGE));
+	order = min_t(unsigned int, vb->alloc_order, ilog2(frames));
 	for (;;) {
 		if (vbhp_inflate_reserve_hit(vb, order))
 			return NULL;
@@ -512,13 +518,19 @@ static void vbhp_deflate(struct vbhp *vb, unsigned long frames,
 	vbhp_xfer_flush(vb, false);
 }
 
+/*
+ * Run the worker after @delay; an immediate request overrides a pending
+ * retry, a retry never postpones a pending immediate run.
+ */
 static void vbhp_queue_work(struct vbhp *vb, unsigned long delay)
 {
 	unsigned long flags;
 
 	spin_lock_irqsave(&vb->stop_lock, flags);
-	if (!vb->stopping)
-		mod_delayed_work(system_freezable_wq, &vb->work, delay);
+	if (!vb->stopping && delay)
+		queue_delayed_work(system_freezable_wq, &vb->work, delay);
+	else if (!vb->stopping)
+		mod_delayed_work(system_freezable_wq, &vb->work, 0);
 	spin_unlock_irqrestore(&vb->stop_lock, flags);
 }
 
@@ -689,11 +701,11 @@ static int vbhp_dbg_parse_pfns(struct vbhp_xfer *x, char *list)
 	char *tok;
 	u32 pfn;
 
-	while ((tok = strsep(&list, " \t")) &&
-	       buf->nr_pfns < VIRTIO_BALLOON_HP_PFNS_PER_BUF) {
+	while ((tok = strsep(&list, " \t"))) {
 		if (!*tok)
 			continue;
-		if (kstrtou32(tok, 0, &pfn)) {
+		if (buf->nr_pfns == VIRTIO_BALLOON_HP_PFNS_PER_BUF ||
+		    kstrtou32(tok, 0, &pfn)) {
 			buf->nr_pfns = 0;
 			return -EINVAL;
 		}
@@ -703,9 +715,11 @@ static int vbhp_dbg_parse_pfns(struct vbhp_xfer *x, char *list)
 }
 
 /*
- * Test builds only: writing "QUEUE PFN..." sends those raw frame numbers
- * in one buffer on QUEUE and returns once the host acknowledged it, so a
- * test can feed the host malformed buffers.  No blocks change hands.
+ * Test builds only: writing "QUEUE PFN..." (at most 256 PFNs) sends those
+ * raw frame numbers in one buffer on QUEUE and returns once the host
+ * acknowledged it, so a test can feed the host malformed buffers.  No
+ * blocks change hands, and nothing stops a test from naming memory the
+ * guest uses: the host would discard it.
  */
 static ssize_t vbhp_dbg_inject_write(struct file *file,
 				     const char __user *ubuf, size_t len,
@@ -717,7 +731,9 @@ static ssize_t vbhp_dbg_inject_write(struct file *file,
 	unsigned int i;
 	int err;
 
-	kbuf = memdup_user_nul(ubuf, min_t(size_t, len, PAGE_SIZE));
+	if (len >= PAGE_SIZE)
+		return -EINVAL;
+	kbuf = memdup_user_nul(ubuf, len);
 	if (IS_ERR(kbuf))
 		return PTR_ERR(kbuf);
 	list = strim(kbuf);
@@ -898,15 +914,32 @@ static void vbhp_init_state(struct vbhp *vb, struct virtio_device *vdev)
 						 VIRTIO_BALLOON_F_DEFLATE_ON_OOM);
 }
 
+/* Hand the host the stats buffer and let the workers run. */
+static void vbhp_start(struct vbhp *vb)
+{
+	if (vb->stats_vq)
+		vbhp_stats_push(vb);
+	spin_lock_irq(&vb->stop_lock);
+	vb->stopping = false;
+	spin_unlock_irq(&vb->stop_lock);
+	vbhp_queue_work(vb, 0);
+}
+
+/* Stop the workers: nothing is queued after this until vbhp_start(). */
+static void vbhp_stop(struct vbhp *vb)
+{
+	spin_lock_irq(&vb->stop_lock);
+	vb->stopping = true;
+	spin_unlock_irq(&vb->stop_lock);
+	cancel_delayed_work_sync(&vb->work);
+	cancel_work_sync(&vb->stats_work);
+}
+
 static int vbhp_probe(struct virtio_device *vdev)
 {
 	struct vbhp *vb;
 	int err;
 
-	if (!vdev->config->get) {
-		dev_err(&vdev->dev, "config space is not readable\n");
-		return -EINVAL;
-	}
 	vb = kzalloc(sizeof(*vb), GFP_KERNEL);
 	if (!vb)
 		return -ENOMEM;
@@ -921,10 +954,8 @@ static int vbhp_probe(struct virtio_device *vdev)
 		goto out_del_vqs;
 
 	virtio_device_ready(vdev);
-	if (vb->stats_vq)
-		vbhp_stats_push(vb);
 	vbhp_dbg_init(vb);
-	vbhp_queue_work(vb, 0);
+	vbhp_start(vb);
 	dev_info(&vdev->dev, "blocks of order %u, %s, %u buffers in flight, reserve %lu MiB\n",
 		 vb->max_order,
 		 vb->hp_order ? "one frame number per block" : "4 KiB frames",
@@ -939,14 +970,17 @@ out_free_vb:
 	return err;
 }
 
-/* Stop the workers for good: nothing is queued after this. */
-static void vbhp_stop(struct vbhp *vb)
+/* Every block goes back through the host, then the device is reset. */
+static void vbhp_teardown(struct vbhp *vb)
 {
-	spin_lock_irq(&vb->stop_lock);
-	vb->stopping = true;
-	spin_unlock_irq(&vb->stop_lock);
-	cancel_delayed_work_sync(&vb->work);
-	cancel_work_sync(&vb->stats_work);
+	mutex_lock(&vb->lock);
+	vbhp_deflate(vb, vb->num_pages, ULONG_MAX);
+	vbhp_update_actual(vb);
+	mutex_unlock(&vb->lock);
+
+	virtio_reset_device(vb->vdev);
+	vbhp_free_xfers(vb);
+	vb->vdev->config->del_vqs(vb->vdev);
 }
 
 static void vbhp_remove(struct virtio_device *vdev)
@@ -955,18 +989,44 @@ static void vbhp_remove(struct virtio_device *vdev)
 
 	vbhp_stop(vb);
 	vbhp_dbg_exit(vb);
-
-	/* Every block goes back through the host before the reset. */
-	mutex_lock(&vb->lock);
-	vbhp_deflate(vb, vb->num_pages, ULONG_MAX);
-	vbhp_update_actual(vb);
-	mutex_unlock(&vb->lock);
-
-	virtio_reset_device(vdev);
-	vbhp_free_xfers(vb);
-	vdev->config->del_vqs(vdev);
+	vbhp_teardown(vb);
 	kfree(vb);
 }
+
+#ifdef CONFIG_PM_SLEEP
+/*
+ * Suspend and hibernation reset the device: empty the balloon through the
+ * host as remove() does, and inflate again toward the target on restore.
+ */
+static int vbhp_freeze(struct virtio_device *vdev)
+{
+	struct vbhp *vb = vdev->priv;
+
+	vbhp_stop(vb);
+	vbhp_teardown(vb);
+	return 0;
+}
+
+static int vbhp_restore(struct virtio_device *vdev)
+{
+	struct vbhp *vb = vdev->priv;
+	int err;
+
+	err = vbhp_init_vqs(vb);
+	if (err)
+		return err;
+	err = vbhp_init_xfers(vb);
+	if (err)
+		goto out_del_vqs;
+	virtio_device_ready(vdev);
+	vbhp_start(vb);
+	return 0;
+
+out_del_vqs:
+	vdev->config->del_vqs(vdev);
+	return err;
+}
+#endif
 
 /*
  * Before features are final: huge blocks are usable only if the host's
@@ -974,10 +1034,27 @@ static void vbhp_remove(struct virtio_device *vdev)
  */
 static int vbhp_validate(struct virtio_device *vdev)
 {
+	u64 offered;
 	u32 order;
 
+	if (!vdev->config->get) {
+		dev_err(&vdev->dev, "config space is not readable\n");
+		return -EINVAL;
+	}
 	if (!virtio_has_feature(vdev, VIRTIO_BALLOON_F_HP_BLOCKS))
 		return 0;
+	/*
+	 * A host that numbers queues by what it offers would put the hp
+	 * queues after free-page-hint/reporting queues this driver does not
+	 * create: use 4 KiB frames rather than disagree about the queues.
+	 */
+	offered = vdev->config->get_features(vdev);
+	if (offered & (BIT_ULL(VIRTIO_BALLOON_F_FREE_PAGE_HINT) |
+		       BIT_ULL(VIRTIO_BALLOON_F_REPORTING))) {
+		dev_info(&vdev->dev, "host offers queues this driver does not use: sending 4 KiB frames\n");
+		__virtio_clear_bit(vdev, VIRTIO_BALLOON_F_HP_BLOCKS);
+		return 0;
+	}
 	virtio_cread_le(vdev, struct virtio_balloon_hp_config, hp_block_order,
 			&order);
 	if (!order || order > page_order) {
@@ -1015,6 +1092,10 @@ static struct virtio_driver vbhp_driver = {
 	.probe = vbhp_probe,
 	.remove = vbhp_remove,
 	.config_changed = vbhp_config_changed,
+#ifdef CONFIG_PM_SLEEP
+	.freeze = vbhp_freeze,
+	.restore = vbhp_restore,
+#endif
 };
 
 static int __init vbhp_init(void)

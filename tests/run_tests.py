@@ -65,13 +65,14 @@ def bad_parameters_refuse_load(kernel):
 
 @test
 def inflate_deflate_exact(kernel):
-    """Several targets, one not 2 MiB aligned: exact on both sides."""
+    """Several targets, two not 2 MiB aligned: exact on both sides."""
     with balloon_guest(kernel, 2048) as g:
         b = Balloon(g)
         b.load()
         g.qmp.cmd('qom-set', path='/machine/peripheral/balloon0',
                   property='guest-stats-polling-interval', value=1)
-        for size in (1536 * MiB, 1024 * MiB, 1024 * MiB - 12 * 1024, 2048 * MiB):
+        for size in (1536 * MiB, 1024 * MiB, 1024 * MiB - 12 * 1024,
+                     1024 * MiB + 8 * 1024, 2048 * MiB):
             secs = b.settle(size)
             g.log(f'guest size {size / MiB:.3f} MiB reached in {secs:.1f} s')
             b.check()
@@ -86,6 +87,9 @@ def inflate_deflate_exact(kernel):
                            ok=lambda v: v == want)
             if size == 1024 * MiB - 12 * 1024:
                 assert b.held_below(9) == 3, s
+            if size == 1024 * MiB + 8 * 1024:
+                # 5 pages out of o0 + o1 + 510 order-9 blocks: one split
+                assert s['splits'] == 1 and b.held_below(9) == 510, s
         s = b.stats()
         # Stock QEMU offers no hp blocks: everything went as 4 KiB frames.
         assert s['hp_order'] == 0 and s['hp_inflate_buffers'] == 0, s
@@ -255,6 +259,25 @@ def hp_malformed_buffers_rejected(kernel):
         b.check()
         assert len(trace_count(g, 'virtio_balloon_hp_inflate')) == 256
         b.settle(1024 * MiB)
+        b.check()
+
+
+@test
+def suspend_resume(kernel):
+    """Suspend (s2idle, pm_test=devices) resets the device: the balloon
+    empties through the host on freeze and refills on restore."""
+    with balloon_guest(kernel, 2048) as g:
+        b = Balloon(g)
+        b.load()
+        b.settle(1024 * MiB)
+        g.sh('echo devices > /sys/power/pm_test && echo freeze > /sys/power/state',
+             timeout=120)
+        assert 'PM: suspend exit' in g.sh('dmesg')
+        events = [e['data']['actual'] for e in g.qmp.events('BALLOON_CHANGE')]
+        assert 2048 * MiB in events, events  # emptied before the reset
+        wait_until(b.actual, 120, 'refilled after resume', ok=lambda a: a == 1024 * MiB)
+        b.check()
+        b.settle(2048 * MiB)
         b.check()
 
 
