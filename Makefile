@@ -8,6 +8,8 @@
 #   make check            install test dependencies, build the patched QEMU,
 #                         run the QEMU test suite
 #   make demo             boot a guest and inflate/deflate it live
+#   make bench            side by side with the in-tree driver -> bench/results.md
+#                         (QUICK=1: 2 GiB, one run, into .cache/bench-quick/)
 #   make lint             checkpatch --strict and sparse against KDIR
 
 KDIR ?= /lib/modules/$(shell uname -r)/build
@@ -36,7 +38,12 @@ demo:
 	bash tests/setup.sh
 	$(PYTHON) tests/demo.py
 
+bench:
+	bash tests/setup.sh
+	bash host/build-qemu.sh
+	$(PYTHON) bench/run.py $(if $(QUICK),--quick --out .cache/bench-quick)
+
 lint:
 	bash tests/lint.sh $(KDIR)
 
-.PHONY: all modules clean install check demo lint
+.PHONY: all modules clean install check demo bench lint

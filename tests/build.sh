@@ -6,6 +6,7 @@
 #   tests/build.sh 6.1        -> .cache/build/<kver>/virtio_balloon_hp.ko
 #   tests/build.sh 6.1 hooks  -> .cache/build/<kver>-hooks/virtio_balloon_hp_hooks.ko
 #                                (VBHP_TEST_HOOKS=y: the test-only debugfs hooks)
+#   tests/build.sh 6.1 floor  -> .cache/build/<kver>-floor/vbhp_floor.ko (bench/floor)
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -19,8 +20,12 @@ out=$CACHE/build/$kver${variant:+-$variant}
 hooks=()
 [[ $variant == hooks ]] && hooks=(VBHP_TEST_HOOKS=y)
 mkdir -p "$out/uapi/linux"
-cp "$ROOT"/{Kbuild,virtio_balloon_hp.c,balloon_hp.h,compat.h} "$out/"
-cp "$ROOT/uapi/linux/virtio_balloon_hp.h" "$out/uapi/linux/"
+if [[ $variant == floor ]]; then
+    cp "$ROOT"/bench/floor/{Kbuild,vbhp_floor.c} "$out/"
+else
+    cp "$ROOT"/{Kbuild,virtio_balloon_hp.c,balloon_hp.h,compat.h} "$out/"
+    cp "$ROOT/uapi/linux/virtio_balloon_hp.h" "$out/uapi/linux/"
+fi
 log=$out/build.log
 if ! make -C "$kdir" M="$out" W=1 C=1 CHECK="sparse -Wno-decl" "${hooks[@]}" modules >"$log" 2>&1; then
     cat "$log" >&2; echo "build: $kver: make failed" >&2; exit 1
@@ -35,6 +40,7 @@ make -s -C "$ROOT/selftests/virtio_balloon_hp" OUTPUT="$CACHE/build/selftests" \
     KSFT_INC="$CACHE/linux-src-6.1/tools/testing/selftests" >/dev/null 2>"$CACHE/build/selftests.log" ||
     { cat "$CACHE/build/selftests.log" >&2; exit 1; }
 ko=$out/virtio_balloon_hp.ko
+[[ $variant == floor ]] && ko=$out/vbhp_floor.ko
 if [[ $variant == hooks ]]; then
     # same module, another file name, so an initramfs can carry both
     cp "$ko" "$out/virtio_balloon_hp_hooks.ko"

@@ -33,6 +33,15 @@ def intree_balloon_baseline(kernel):
 
 
 @test(per_kernel=False)
+def bench_quick():
+    """make bench QUICK=1: every variant reaches its targets (no timing asserted)."""
+    out = subprocess.run([sys.executable, os.path.join(ROOT, 'bench', 'run.py'), '--quick',
+                          '--out', os.path.join(ROOT, '.cache', 'bench-quick')],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+
+
+@test(per_kernel=False)
 def checkpatch_strict():
     """checkpatch --strict over the module and the selftests."""
     out = subprocess.run(['bash', os.path.join(ROOT, 'tests', 'lint.sh')],

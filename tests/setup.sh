@@ -11,7 +11,8 @@ KERNELS=${VBHP_KERNELS:-6.1 6.12}
 BPO_SOURCES=/etc/apt/sources.list.d/virtio-balloon-hp-backports.sources
 PACKAGES=(qemu-system-x86 busybox-static gcc make libc6-dev python3 cpio xz-utils
           kmod sparse bc linux-source-6.1
-          libelf1 libssl3 pahole)  # the last three: needed by the kernels' kbuild tools
+          libelf1 libssl3 pahole   # needed by the kernels' kbuild tools
+          gnuplot-nox)             # make bench's plot
 START=$SECONDS
 LOG_TAG=setup
 # shellcheck source=tests/apt-lib.sh
