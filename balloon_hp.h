@@ -2,9 +2,11 @@
 /*
  * Internal data structures of virtio_balloon_hp.
  *
- * Lock order: vbhp->lock (mutex, one balloon operation at a time), then
+ * Lock order: vbhp_ioc_lock (mutex, the misc device's binding to a
+ * balloon), then vbhp->lock (mutex, one balloon operation at a time), then
  * vbhp->stop_lock (spinlock, only around the "stopping" flag and work
- * queueing).  Counters in vbhp->stats are atomic and read without locks.
+ * queueing).  Reclaim (the shrinker) only ever trylocks vbhp->lock.
+ * Counters in vbhp->stats are atomic and read without locks.
  */
 #ifndef _VBHP_BALLOON_HP_H
 #define _VBHP_BALLOON_HP_H
@@ -12,6 +14,7 @@
 #include <linux/atomic.h>
 #include <linux/list.h>
 #include <linux/mutex.h>
+#include <linux/notifier.h>
 #include <linux/spinlock.h>
 #include <linux/virtio.h>
 #include <linux/virtio_balloon.h>
@@ -82,13 +85,46 @@ enum vbhp_xfer_stat {
  * @VBHP_STAT_FALLBACK: times an inflate dropped to a lower order.
  * @VBHP_STAT_SPLIT: held blocks split into order-0 pages to deflate exactly.
  * @VBHP_STAT_STALL: inflate rounds stopped short (no memory, or reserve hit).
+ * @VBHP_STAT_OD_BELOW_4G: pages deflated on demand that lay below 4 GiB.
+ * @VBHP_STAT_OD_ABORT: inflate rounds stopped because reclaim or the OOM
+ *	notifier wanted memory back.
  * @VBHP_STAT_NUM: number of device-wide counters.
  */
 enum vbhp_stat {
 	VBHP_STAT_FALLBACK,
 	VBHP_STAT_SPLIT,
 	VBHP_STAT_STALL,
+	VBHP_STAT_OD_BELOW_4G,
+	VBHP_STAT_OD_ABORT,
 	VBHP_STAT_NUM,
+};
+
+/**
+ * enum vbhp_od_trigger - what asked for an on-demand deflate (below the
+ *	host's target, VIRTIO_BALLOON_F_DEFLATE_ON_OOM only).  The values are
+ *	the uapi's VIRTIO_BALLOON_HP_OD_* indexes.
+ * @VBHP_OD_SHRINKER: direct reclaim ran our shrinker.
+ * @VBHP_OD_OOM: the OOM notifier, the last resort before a kill.
+ * @VBHP_OD_IOCTL: VIRTIO_BALLOON_HP_IOC_DEFLATE from user space.
+ * @VBHP_OD_NUM: number of triggers.
+ */
+enum vbhp_od_trigger {
+	VBHP_OD_SHRINKER = VIRTIO_BALLOON_HP_OD_SHRINKER,
+	VBHP_OD_OOM = VIRTIO_BALLOON_HP_OD_OOM,
+	VBHP_OD_IOCTL = VIRTIO_BALLOON_HP_OD_IOCTL,
+	VBHP_OD_NUM,
+};
+
+/**
+ * enum vbhp_od_stat - counters kept for every on-demand trigger.
+ * @VBHP_ODSTAT_EVENTS: deflates that gave something back.
+ * @VBHP_ODSTAT_PAGES: 4 KiB pages they gave back.
+ * @VBHP_ODSTAT_NUM: number of per-trigger counters.
+ */
+enum vbhp_od_stat {
+	VBHP_ODSTAT_EVENTS,
+	VBHP_ODSTAT_PAGES,
+	VBHP_ODSTAT_NUM,
 };
 
 /**
@@ -164,6 +200,23 @@ struct vbhp_xfer {
  *	buffer if that is more.
  * @reserve_pages: memory (pages) inflation always leaves available.
  * @adjust_managed: ballooned pages leave MemTotal (no DEFLATE_ON_OOM).
+ * @ready: the queues exist and may carry buffers (between start and
+ *	teardown); under @lock.
+ * @deflate_on_oom: VIRTIO_BALLOON_F_DEFLATE_ON_OOM is negotiated: the
+ *	shrinker, the OOM notifier and the deflate ioctl may go below the
+ *	target.
+ * @od_hold: after an on-demand deflate, inflation waits until the host
+ *	writes a target again; under @lock.
+ * @od_hold_gen: @config_gen when @od_hold was set; under @lock.
+ * @config_gen: counts the host's config-change notifications; atomic.
+ * @od_abort: reclaim or the OOM notifier wants the inflate round that is
+ *	running to stop; set locklessly, consumed by the worker under @lock.
+ * @inflater: the task running an inflate round (so that its own
+ *	allocations reaching the shrinker are recognised), or NULL; written
+ *	under @lock, read locklessly.
+ * @shrinker: gives blocks back to direct reclaim (with @deflate_on_oom).
+ * @oom_nb: gives blocks back before an OOM kill (with @deflate_on_oom).
+ * @od_stats: per-trigger counters, enum vbhp_od_stat.
  * @stats_vq: the statistics queue, or NULL when not negotiated.
  * @stats_work: refills and returns the statistics buffer.
  * @stats_buf: the statistics reported to the host; owned by @stats_work.
@@ -171,6 +224,8 @@ struct vbhp_xfer {
  * @stats: device-wide counters, enum vbhp_stat.
  * @debugfs: the debugfs stats file.
  * @debugfs_inject: the test-only injection file (VBHP_TEST_HOOKS builds).
+ * @test_no_shrinker: the shrinker reports nothing, so that tests reach the
+ *	OOM notifier; set only through a VBHP_TEST_HOOKS debugfs file.
  */
 struct vbhp {
 	struct virtio_device *vdev;
@@ -190,6 +245,16 @@ struct vbhp {
 	unsigned long round_frames;
 	unsigned long reserve_pages;
 	bool adjust_managed;
+	bool ready;
+	bool deflate_on_oom;
+	bool od_hold;
+	int od_hold_gen;
+	atomic_t config_gen;
+	bool od_abort;
+	struct task_struct *inflater;
+	struct shrinker *shrinker;
+	struct notifier_block oom_nb;
+	atomic64_t od_stats[VBHP_OD_NUM][VBHP_ODSTAT_NUM];
 	struct virtqueue *stats_vq;
 	struct work_struct stats_work;
 	struct virtio_balloon_stat stats_buf[VIRTIO_BALLOON_S_NR];
@@ -197,6 +262,7 @@ struct vbhp {
 	atomic64_t stats[VBHP_STAT_NUM];
 	struct dentry *debugfs;
 	struct dentry *debugfs_inject;
+	bool test_no_shrinker;
 };
 
 #endif /* _VBHP_BALLOON_HP_H */

@@ -11,6 +11,10 @@
 
 #include <linux/version.h>
 #include <linux/mmzone.h>
+#include <linux/sched.h>
+#include <linux/shrinker.h>
+#include <linux/slab.h>
+#include <linux/swap.h>
 #include <linux/virtio_config.h>
 
 /*
@@ -48,6 +52,95 @@ static inline int vbhp_compat_find_vqs(struct virtio_device *vdev,
 	return virtio_find_vqs(vdev, nvqs, vqs, info, NULL);
 #else
 	return virtio_find_vqs(vdev, nvqs, vqs, callbacks, names, NULL);
+#endif
+}
+
+/*
+ * 6.7 made shrinkers dynamically allocated (shrinker_alloc(), with a
+ * private_data pointer); before, the caller embedded and registered one.
+ * Both are hidden behind create/priv/destroy.
+ */
+typedef unsigned long (*vbhp_compat_shrink_fn)(struct shrinker *,
+					       struct shrink_control *);
+
+#if LINUX_VERSION_CODE >= KERNEL_VERSION(6, 7, 0)
+static inline struct shrinker *
+vbhp_compat_shrinker_create(vbhp_compat_shrink_fn count,
+			    vbhp_compat_shrink_fn scan, void *priv,
+			    const char *name)
+{
+	struct shrinker *s = shrinker_alloc(0, "%s", name);
+
+	if (!s)
+		return NULL;
+	s->count_objects = count;
+	s->scan_objects = scan;
+	s->seeks = DEFAULT_SEEKS;
+	s->private_data = priv;
+	shrinker_register(s);
+	return s;
+}
+
+static inline void *vbhp_compat_shrinker_priv(struct shrinker *s)
+{
+	return s->private_data;
+}
+
+static inline void vbhp_compat_shrinker_destroy(struct shrinker *s)
+{
+	shrinker_free(s);
+}
+#else
+struct vbhp_compat_shrinker {
+	struct shrinker shrinker;
+	void *priv;
+};
+
+static inline struct shrinker *
+vbhp_compat_shrinker_create(vbhp_compat_shrink_fn count,
+			    vbhp_compat_shrink_fn scan, void *priv,
+			    const char *name)
+{
+	struct vbhp_compat_shrinker *w = kzalloc(sizeof(*w), GFP_KERNEL);
+
+	if (!w)
+		return NULL;
+	w->shrinker.count_objects = count;
+	w->shrinker.scan_objects = scan;
+	w->shrinker.seeks = DEFAULT_SEEKS;
+	w->priv = priv;
+	if (register_shrinker(&w->shrinker, "%s", name)) {
+		kfree(w);
+		return NULL;
+	}
+	return &w->shrinker;
+}
+
+static inline void *vbhp_compat_shrinker_priv(struct shrinker *s)
+{
+	return container_of(s, struct vbhp_compat_shrinker, shrinker)->priv;
+}
+
+static inline void vbhp_compat_shrinker_destroy(struct shrinker *s)
+{
+	unregister_shrinker(s);
+	kfree(container_of(s, struct vbhp_compat_shrinker, shrinker));
+}
+#endif
+
+/*
+ * Count pages a shrinker gave back to the page allocator as reclaimed, so
+ * that direct reclaim stops once it has enough instead of going on down to
+ * priority 0.  6.4 added mm_account_reclaimed_pages() for this; before, the
+ * field was the slab-only reclaimed_slab.
+ */
+static inline void vbhp_compat_account_reclaimed(unsigned long pages)
+{
+#if LINUX_VERSION_CODE >= KERNEL_VERSION(6, 4, 0)
+	mm_account_reclaimed_pages(pages);
+#else
+	if (current->reclaim_state)
+		current->reclaim_state->reclaimed_slab += pages;
 #endif
 }
 

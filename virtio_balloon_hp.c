@@ -34,20 +34,43 @@
  * Deflated blocks are given back to the page allocator in exactly one place,
  * vbhp_blk_release_list(), which only ever runs on retired buffers: that is
  * how VIRTIO_BALLOON_F_MUST_TELL_HOST is honoured.
+ *
+ * Deflate on demand (VIRTIO_BALLOON_F_DEFLATE_ON_OOM only: without it the
+ * balloon never goes below the host's target).  Three triggers give whole
+ * blocks back through the host, below the target: a shrinker run by direct
+ * reclaim, the OOM notifier (64 MiB per call) and an ioctl on
+ * /dev/virtio_balloon_hp for programs about to pin memory for DMA.  The
+ * shrinker reads the zone the allocation may use from its gfp mask and
+ * only gives back blocks in that zone or below (a GFP_DMA32 allocation
+ * gets blocks below 4 GiB); otherwise it takes the smallest blocks first,
+ * as a deflate round does.  Only direct reclaim deflates, one request's
+ * worth per reclaim pass; not kswapd, which runs whenever free memory
+ * dips (also while the balloon inflates), nor drop_caches.  Reclaim
+ * never waits for vbhp->lock (the worker allocates with it held): it
+ * trylocks and, if an inflate round holds the lock, asks that round to
+ * stop.  After an on-demand deflate the balloon does not inflate again
+ * until the host writes a target: the host sees "actual" drop and decides.
+ * No timer re-inflates it, because re-inflating into the pressure that
+ * just deflated it is the reclaim/inflate loop that made upstream revert
+ * its shrinker.
  */
 
 #define pr_fmt(fmt) KBUILD_MODNAME ": " fmt
 
+#include <linux/capability.h>
 #include <linux/debugfs.h>
 #include <linux/gfp.h>
 #include <linux/kernel.h>
 #include <linux/log2.h>
+#include <linux/miscdevice.h>
 #include <linux/mm.h>
 #include <linux/module.h>
+#include <linux/oom.h>
 #include <linux/scatterlist.h>
 #include <linux/seq_file.h>
 #include <linux/slab.h>
 #include <linux/swap.h>
+#include <linux/uaccess.h>
 #include <linux/vmstat.h>
 #include <linux/virtio_config.h>
 
@@ -77,6 +100,12 @@ MODULE_PARM_DESC(reserve_mb,
 /* Within a round, "actual" is updated every 64 MiB moved. */
 #define VBHP_ACTUAL_STEP	(64UL << (20 - VIRTIO_BALLOON_HP_PFN_SHIFT))
 
+/* What the OOM notifier gives back per call. */
+#define VBHP_OOM_FRAMES		(64UL << (20 - VIRTIO_BALLOON_HP_PFN_SHIFT))
+
+/* The first frame above 4 GiB (32-bit DMA). */
+#define VBHP_4G_PFN		(1UL << (32 - PAGE_SHIFT))
+
 /* How long an inflate that found no memory waits before trying again. */
 #define VBHP_RETRY_DELAY	HZ
 
@@ -102,6 +131,19 @@ static const char * const vbhp_stat_names[VBHP_STAT_NUM] = {
 	[VBHP_STAT_FALLBACK] = "fallbacks",
 	[VBHP_STAT_SPLIT] = "splits",
 	[VBHP_STAT_STALL] = "inflate_stalls",
+	[VBHP_STAT_OD_BELOW_4G] = "od_below_4g_pages",
+	[VBHP_STAT_OD_ABORT] = "od_inflate_aborts",
+};
+
+static const char * const vbhp_od_names[VBHP_OD_NUM] = {
+	[VBHP_OD_SHRINKER] = "shrinker",
+	[VBHP_OD_OOM] = "oom",
+	[VBHP_OD_IOCTL] = "ioctl",
+};
+
+static const char * const vbhp_od_stat_names[VBHP_ODSTAT_NUM] = {
+	[VBHP_ODSTAT_EVENTS] = "events",
+	[VBHP_ODSTAT_PAGES] = "pages",
 };
 
 static inline unsigned long vbhp_order_frames(unsigned int order)
@@ -486,7 +528,8 @@ static unsigned long vbhp_inflate(struct vbhp *vb, unsigned long frames)
 	struct page *page;
 
 	vb->alloc_order = vb->max_order;
-	while (queued < min(frames, vb->round_frames)) {
+	while (queued < min(frames, vb->round_frames) &&
+	       !READ_ONCE(vb->od_abort)) {
 		page = vbhp_inflate_get_block(vb, frames - queued);
 		if (!page)
 			break;
@@ -518,6 +561,207 @@ static void vbhp_deflate(struct vbhp *vb, unsigned long frames,
 	vbhp_xfer_flush(vb, false);
 }
 
+/* ---- on demand: deflating below the target (DEFLATE_ON_OOM) ---- */
+
+/**
+ * struct vbhp_od_req - one on-demand deflate.
+ * @trigger: who asked.
+ * @frames: give back at least this many 4 KiB frames, in whole blocks.
+ * @max_zone: only blocks in this zone or a lower one.
+ * @pfn_limit: only blocks that end at or below this frame.
+ */
+struct vbhp_od_req {
+	enum vbhp_od_trigger trigger;
+	unsigned long frames;
+	enum zone_type max_zone;
+	unsigned long pfn_limit;
+};
+
+static bool vbhp_od_fits(struct page *page, const struct vbhp_od_req *req)
+{
+	return page_zonenum(page) <= req->max_zone &&
+	       page_to_pfn(page) + vbhp_order_frames(page_private(page)) <=
+	       req->pfn_limit;
+}
+
+/* The smallest held block @req may take, taken off its list; or NULL. */
+static struct page *vbhp_od_pick(struct vbhp *vb, const struct vbhp_od_req *req)
+{
+	struct page *page;
+	unsigned int order;
+
+	for (order = 0; order < VBHP_NR_ORDERS; order++) {
+		list_for_each_entry(page, &vb->blocks[order], lru) {
+			if (vbhp_od_fits(page, req)) {
+				vbhp_blk_unhold(vb, page);
+				return page;
+			}
+		}
+	}
+	return NULL;
+}
+
+/* Frames held in blocks @req may take. */
+static unsigned long vbhp_od_held(struct vbhp *vb, const struct vbhp_od_req *req)
+{
+	unsigned long frames = 0;
+	struct page *page;
+	unsigned int order;
+
+	for (order = 0; order < VBHP_NR_ORDERS; order++)
+		list_for_each_entry(page, &vb->blocks[order], lru)
+			if (vbhp_od_fits(page, req))
+				frames += vbhp_order_frames(order);
+	return frames;
+}
+
+/* No inflation until the host writes a target after this point. */
+static void vbhp_od_set_hold(struct vbhp *vb)
+{
+	vb->od_hold = true;
+	vb->od_hold_gen = atomic_read(&vb->config_gen);
+}
+
+static void vbhp_od_count(struct vbhp *vb, enum vbhp_od_trigger trigger,
+			  unsigned long frames, unsigned long below_4g)
+{
+	vbhp_count(&vb->od_stats[trigger][VBHP_ODSTAT_EVENTS], 1);
+	vbhp_count(&vb->od_stats[trigger][VBHP_ODSTAT_PAGES], frames);
+	vbhp_count(&vb->stats[VBHP_STAT_OD_BELOW_4G], below_4g);
+}
+
+/*
+ * Give back whole blocks covering @req through the host, below the target;
+ * returns the frames given back.  Called with vb->lock held.
+ */
+static unsigned long vbhp_od_deflate(struct vbhp *vb,
+				     const struct vbhp_od_req *req)
+{
+	unsigned long queued = 0, below_4g = 0, frames;
+	struct page *page;
+
+	if (!vb->ready || !vb->deflate_on_oom)
+		return 0;
+	while (queued < req->frames) {
+		page = vbhp_od_pick(vb, req);
+		if (!page)
+			break;
+		frames = vbhp_order_frames(page_private(page));
+		if (page_to_pfn(page) + frames <= VBHP_4G_PFN)
+			below_4g += frames;
+		queued += frames;
+		vbhp_xfer_add(vb, page, false);
+	}
+	if (!queued)
+		return 0;
+	vbhp_xfer_flush(vb, false);
+	vbhp_update_actual(vb);
+	vbhp_od_set_hold(vb);
+	vbhp_od_count(vb, req->trigger, queued, below_4g);
+	return queued;
+}
+
+/*
+ * Reclaim must never wait for vb->lock: the worker allocates with it held
+ * and its allocations can reach the shrinker.  If an inflate round of
+ * another task holds it, ask that round to stop.
+ */
+static bool vbhp_od_trylock(struct vbhp *vb)
+{
+	struct task_struct *inflater;
+
+	if (mutex_trylock(&vb->lock))
+		return true;
+	inflater = READ_ONCE(vb->inflater);
+	if (inflater && inflater != current)
+		WRITE_ONCE(vb->od_abort, true);
+	return false;
+}
+
+/*
+ * Only an allocation that is stalling in direct reclaim is a shortage:
+ * kswapd's background reclaim runs whenever free memory dips (see the
+ * design comment), and drop_caches is no reason to give memory back.
+ */
+static bool vbhp_od_direct_reclaim(void)
+{
+	return current->reclaim_state && !current_is_kswapd();
+}
+
+static unsigned long vbhp_od_shrink_count(struct shrinker *shrinker,
+					  struct shrink_control *sc)
+{
+	struct vbhp *vb = vbhp_compat_shrinker_priv(shrinker);
+
+	if (!vbhp_od_direct_reclaim() || READ_ONCE(vb->test_no_shrinker))
+		return 0;
+	return READ_ONCE(vb->num_pages);
+}
+
+static unsigned long vbhp_od_shrink_scan(struct shrinker *shrinker,
+					 struct shrink_control *sc)
+{
+	struct vbhp *vb = vbhp_compat_shrinker_priv(shrinker);
+	struct vbhp_od_req req = {
+		.trigger = VBHP_OD_SHRINKER,
+		.frames = sc->nr_to_scan,
+		.max_zone = gfp_zone(sc->gfp_mask),
+		.pfn_limit = ULONG_MAX,
+	};
+	unsigned long freed;
+
+	if (!vbhp_od_direct_reclaim() || !vbhp_od_trylock(vb))
+		return SHRINK_STOP;
+	freed = vbhp_od_deflate(vb, &req);
+	mutex_unlock(&vb->lock);
+	/*
+	 * Tell reclaim the pages are back in the allocator, so it stops once
+	 * it has enough, and end this scan loop: at a low priority, or with
+	 * work deferred from a contended call, reclaim would otherwise keep
+	 * calling and drain the whole balloon for one allocation (seen: all
+	 * 1.8 GiB given back to an allocation short of 256 MiB).
+	 */
+	vbhp_compat_account_reclaimed(freed);
+	return SHRINK_STOP;
+}
+
+/* The last resort before an OOM kill: give back VBHP_OOM_FRAMES. */
+static int vbhp_od_oom_notify(struct notifier_block *nb, unsigned long unused,
+			      void *parm)
+{
+	struct vbhp *vb = container_of(nb, struct vbhp, oom_nb);
+	struct vbhp_od_req req = {
+		.trigger = VBHP_OD_OOM,
+		.frames = VBHP_OOM_FRAMES,
+		.max_zone = MAX_NR_ZONES - 1,
+		.pfn_limit = ULONG_MAX,
+	};
+	unsigned long *freed = parm;
+
+	/* The worker allocates with __GFP_NORETRY: it never waits on OOM. */
+	if (READ_ONCE(vb->inflater))
+		WRITE_ONCE(vb->od_abort, true);
+	mutex_lock(&vb->lock);
+	*freed += vbhp_od_deflate(vb, &req);
+	mutex_unlock(&vb->lock);
+	return NOTIFY_OK;
+}
+
+/*
+ * Called by the worker under vb->lock: end the hold once the host wrote a
+ * target, and consume a request to stop inflating.
+ */
+static void vbhp_od_update_hold(struct vbhp *vb)
+{
+	if (vb->od_hold && atomic_read(&vb->config_gen) != vb->od_hold_gen)
+		vb->od_hold = false;
+	if (READ_ONCE(vb->od_abort)) {
+		WRITE_ONCE(vb->od_abort, false);
+		vbhp_count(&vb->stats[VBHP_STAT_OD_ABORT], 1);
+		vbhp_od_set_hold(vb);
+	}
+}
+
 /*
  * Run the worker after @delay; an immediate request overrides a pending
  * retry, a retry never postpones a pending immediate run.
@@ -543,11 +787,16 @@ static void vbhp_work_fn(struct work_struct *work)
 	long delay = -1;
 
 	mutex_lock(&vb->lock);
+	vbhp_od_update_hold(vb);
 	target = vbhp_target(vb);
-	if (target > vb->num_pages) {
+	if (target > vb->num_pages && !vb->od_hold) {
 		want = target - vb->num_pages;
+		WRITE_ONCE(vb->inflater, current);
 		got = vbhp_inflate(vb, want);
-		if (got < min(want, vb->round_frames)) {
+		WRITE_ONCE(vb->inflater, NULL);
+		if (READ_ONCE(vb->od_abort)) {
+			vbhp_od_update_hold(vb);
+		} else if (got < min(want, vb->round_frames)) {
 			vbhp_count(&vb->stats[VBHP_STAT_STALL], 1);
 			delay = VBHP_RETRY_DELAY;
 		} else if (vb->num_pages < target) {
@@ -643,6 +892,223 @@ static void vbhp_stats_request(struct virtqueue *vq)
 	spin_unlock_irqrestore(&vb->stop_lock, flags);
 }
 
+/* ---- /dev/virtio_balloon_hp: the ioctl ABI of the uapi header ---- */
+
+/* Serialises ioctls against probe/remove; taken before vb->lock. */
+static DEFINE_MUTEX(vbhp_ioc_lock);
+/* The balloon the misc device speaks for (the first bound); under the lock. */
+static struct vbhp *vbhp_ioc_vb;
+
+/*
+ * Read an argument struct that starts with its size: sizes from our own
+ * struct's up to a page are taken, and bytes we do not know must be zero.
+ */
+static int vbhp_ioc_copy_in(void *karg, size_t ksize, void __user *uarg)
+{
+	u32 usize;
+	int err;
+
+	if (get_user(usize, (u32 __user *)uarg))
+		return -EFAULT;
+	if (usize < ksize || usize > PAGE_SIZE)
+		return -EINVAL;
+	err = copy_struct_from_user(karg, ksize, uarg, usize);
+	return err == -E2BIG ? -EINVAL : err;
+}
+
+static int vbhp_ioc_copy_out(void __user *uarg, void *karg, size_t ksize)
+{
+	return copy_to_user(uarg, karg, ksize) ? -EFAULT : 0;
+}
+
+/* RAM the guest has, ballooned or not. */
+static u64 vbhp_ioc_ram_bytes(struct vbhp *vb)
+{
+	unsigned long pages = totalram_pages();
+
+	if (vb->adjust_managed)
+		pages += READ_ONCE(vb->num_pages);
+	return (u64)pages << PAGE_SHIFT;
+}
+
+/* Validate a deflate request into @req; -EINVAL changes nothing. */
+static int vbhp_ioc_deflate_req(struct vbhp *vb,
+				const struct virtio_balloon_hp_deflate *arg,
+				struct vbhp_od_req *req)
+{
+	if (arg->flags & ~VIRTIO_BALLOON_HP_DEFLATE_FLAGS || arg->deflated ||
+	    !arg->bytes || arg->bytes > vbhp_ioc_ram_bytes(vb))
+		return -EINVAL;
+	req->trigger = VBHP_OD_IOCTL;
+	req->frames = (arg->bytes + PAGE_SIZE - 1) >> PAGE_SHIFT;
+	req->max_zone = MAX_NR_ZONES - 1;
+	req->pfn_limit = ULONG_MAX;
+	if (arg->flags & VIRTIO_BALLOON_HP_DEFLATE_BELOW_4G)
+		req->pfn_limit = VBHP_4G_PFN;
+	return 0;
+}
+
+static long vbhp_ioc_deflate(struct vbhp *vb, void __user *uarg)
+{
+	struct virtio_balloon_hp_deflate arg;
+	struct vbhp_od_req req;
+	int err;
+
+	err = vbhp_ioc_copy_in(&arg, sizeof(arg), uarg);
+	if (!err)
+		err = vbhp_ioc_deflate_req(vb, &arg, &req);
+	if (err)
+		return err;
+	/* An explicit request beats an inflate round in progress. */
+	if (vb->deflate_on_oom && READ_ONCE(vb->inflater))
+		WRITE_ONCE(vb->od_abort, true);
+	mutex_lock(&vb->lock);
+	if (!vb->deflate_on_oom)
+		err = -EOPNOTSUPP;
+	else if (!vb->ready)
+		err = -EAGAIN;
+	else if (vbhp_od_held(vb, &req) < req.frames)
+		err = -ENOSPC;
+	else
+		arg.deflated = (u64)vbhp_od_deflate(vb, &req) << PAGE_SHIFT;
+	mutex_unlock(&vb->lock);
+	return err ?: vbhp_ioc_copy_out(uarg, &arg, sizeof(arg));
+}
+
+static u64 vbhp_ioc_bytes(atomic64_t *pages)
+{
+	return (u64)atomic64_read(pages) << PAGE_SHIFT;
+}
+
+static void vbhp_ioc_fill_od(struct vbhp *vb,
+			     struct virtio_balloon_hp_stats *st)
+{
+	unsigned int t;
+
+	for (t = 0; t < VBHP_OD_NUM; t++) {
+		st->od_events[t] =
+			atomic64_read(&vb->od_stats[t][VBHP_ODSTAT_EVENTS]);
+		st->od_bytes[t] =
+			vbhp_ioc_bytes(&vb->od_stats[t][VBHP_ODSTAT_PAGES]);
+	}
+	st->od_below_4g_bytes =
+		vbhp_ioc_bytes(&vb->stats[VBHP_STAT_OD_BELOW_4G]);
+}
+
+static long vbhp_ioc_stats(struct vbhp *vb, void __user *uarg)
+{
+	struct virtio_balloon_hp_stats st;
+	unsigned int order;
+	int err;
+
+	BUILD_BUG_ON(VBHP_NR_ORDERS > VIRTIO_BALLOON_HP_ORDERS);
+	BUILD_BUG_ON(VBHP_OD_NUM > VIRTIO_BALLOON_HP_OD_NUM);
+	err = vbhp_ioc_copy_in(&st, sizeof(st), uarg);
+	if (err)
+		return err;
+	memset(&st, 0, sizeof(st));
+	st.size = sizeof(st);
+	mutex_lock(&vb->lock);
+	st.block_order = vb->max_order;
+	st.target_bytes = (u64)vbhp_target(vb) << PAGE_SHIFT;
+	st.current_bytes = (u64)vb->num_pages << PAGE_SHIFT;
+	for (order = 0; order < VBHP_NR_ORDERS; order++)
+		st.held_blocks[order] = vb->nr_blocks[order];
+	st.deflate_on_oom = vb->deflate_on_oom;
+	st.hold = vb->od_hold;
+	mutex_unlock(&vb->lock);
+	vbhp_ioc_fill_od(vb, &st);
+	return vbhp_ioc_copy_out(uarg, &st, sizeof(st));
+}
+
+/* Commands match on type and number only: a grown struct keeps its number. */
+static long vbhp_ioc_ioctl(struct file *file, unsigned int cmd,
+			   unsigned long arg)
+{
+	void __user *uarg = (void __user *)arg;
+	unsigned int nr = _IOC_NR(cmd);
+	long ret;
+
+	if (_IOC_TYPE(cmd) != VIRTIO_BALLOON_HP_IOC_MAGIC ||
+	    (nr != _IOC_NR(VIRTIO_BALLOON_HP_IOC_DEFLATE) &&
+	     nr != _IOC_NR(VIRTIO_BALLOON_HP_IOC_STATS)))
+		return -ENOTTY;
+	if (!capable(CAP_SYS_ADMIN))
+		return -EPERM;
+	mutex_lock(&vbhp_ioc_lock);
+	if (!vbhp_ioc_vb)
+		ret = -ENODEV;
+	else if (nr == _IOC_NR(VIRTIO_BALLOON_HP_IOC_DEFLATE))
+		ret = vbhp_ioc_deflate(vbhp_ioc_vb, uarg);
+	else
+		ret = vbhp_ioc_stats(vbhp_ioc_vb, uarg);
+	mutex_unlock(&vbhp_ioc_lock);
+	return ret;
+}
+
+static const struct file_operations vbhp_ioc_fops = {
+	.owner = THIS_MODULE,
+	.unlocked_ioctl = vbhp_ioc_ioctl,
+	.compat_ioctl = compat_ptr_ioctl,
+	.llseek = noop_llseek,
+};
+
+static struct miscdevice vbhp_ioc_misc = {
+	.minor = MISC_DYNAMIC_MINOR,
+	.name = KBUILD_MODNAME,
+	.fops = &vbhp_ioc_fops,
+	.mode = 0600,
+};
+
+static void vbhp_ioc_bind(struct vbhp *vb)
+{
+	mutex_lock(&vbhp_ioc_lock);
+	if (!vbhp_ioc_vb)
+		vbhp_ioc_vb = vb;
+	mutex_unlock(&vbhp_ioc_lock);
+}
+
+static void vbhp_ioc_unbind(struct vbhp *vb)
+{
+	mutex_lock(&vbhp_ioc_lock);
+	if (vbhp_ioc_vb == vb)
+		vbhp_ioc_vb = NULL;
+	mutex_unlock(&vbhp_ioc_lock);
+}
+
+/* The on-demand paths that exist only with DEFLATE_ON_OOM, and the ioctls. */
+static int vbhp_od_init(struct vbhp *vb)
+{
+	int err;
+
+	if (vb->deflate_on_oom) {
+		vb->shrinker = vbhp_compat_shrinker_create(vbhp_od_shrink_count,
+							   vbhp_od_shrink_scan,
+							   vb, KBUILD_MODNAME);
+		if (!vb->shrinker)
+			return -ENOMEM;
+		vb->oom_nb.notifier_call = vbhp_od_oom_notify;
+		err = register_oom_notifier(&vb->oom_nb);
+		if (err)
+			goto out_destroy_shrinker;
+	}
+	vbhp_ioc_bind(vb);
+	return 0;
+
+out_destroy_shrinker:
+	vbhp_compat_shrinker_destroy(vb->shrinker);
+	return err;
+}
+
+static void vbhp_od_exit(struct vbhp *vb)
+{
+	vbhp_ioc_unbind(vb);
+	if (vb->deflate_on_oom) {
+		unregister_oom_notifier(&vb->oom_nb);
+		vbhp_compat_shrinker_destroy(vb->shrinker);
+	}
+}
+
 /* ---- debugfs ---- */
 
 #ifdef CONFIG_DEBUG_FS
@@ -659,6 +1125,19 @@ static void vbhp_dbg_show_orders(struct seq_file *f, struct vbhp *vb)
 				   vbhp_order_stat_names[s], order,
 				   atomic64_read(&vb->ostats[order][s]));
 	}
+}
+
+static void vbhp_dbg_show_od(struct seq_file *f, struct vbhp *vb)
+{
+	unsigned int t, s;
+
+	seq_printf(f, "deflate_on_oom: %d\n", vb->deflate_on_oom);
+	seq_printf(f, "od_hold: %d\n", READ_ONCE(vb->od_hold));
+	for (t = 0; t < VBHP_OD_NUM; t++)
+		for (s = 0; s < VBHP_ODSTAT_NUM; s++)
+			seq_printf(f, "od_%s_%s: %lld\n", vbhp_od_names[t],
+				   vbhp_od_stat_names[s],
+				   atomic64_read(&vb->od_stats[t][s]));
 }
 
 static int vbhp_dbg_stats_show(struct seq_file *f, void *unused)
@@ -687,6 +1166,7 @@ static int vbhp_dbg_stats_show(struct seq_file *f, void *unused)
 	for (s = 0; s < VBHP_STAT_NUM; s++)
 		seq_printf(f, "%s: %lld\n", vbhp_stat_names[s],
 			   atomic64_read(&vb->stats[s]));
+	vbhp_dbg_show_od(f, vb);
 	vbhp_dbg_show_orders(f, vb);
 	return 0;
 }
@@ -759,16 +1239,32 @@ static const struct file_operations vbhp_dbg_inject_fops = {
 	.write = vbhp_dbg_inject_write,
 };
 
+/*
+ * Test builds only: writing Y to <module>_no_shrinker makes the shrinker
+ * report nothing, so that a test reaches the OOM notifier.
+ */
 static void vbhp_dbg_init_hooks(struct vbhp *vb)
 {
 	vb->debugfs_inject = debugfs_create_file(KBUILD_MODNAME "_inject",
 						 0200, NULL, vb,
 						 &vbhp_dbg_inject_fops);
+	debugfs_create_bool(KBUILD_MODNAME "_no_shrinker", 0600, NULL,
+			    &vb->test_no_shrinker);
+}
+
+static void vbhp_dbg_exit_hooks(struct vbhp *vb)
+{
+	debugfs_lookup_and_remove(KBUILD_MODNAME "_no_shrinker", NULL);
+	debugfs_remove(vb->debugfs_inject);
 }
 
 #else
 
 static inline void vbhp_dbg_init_hooks(struct vbhp *vb)
+{
+}
+
+static inline void vbhp_dbg_exit_hooks(struct vbhp *vb)
 {
 }
 
@@ -783,7 +1279,7 @@ static void vbhp_dbg_init(struct vbhp *vb)
 
 static void vbhp_dbg_exit(struct vbhp *vb)
 {
-	debugfs_remove(vb->debugfs_inject);
+	vbhp_dbg_exit_hooks(vb);
 	debugfs_remove(vb->debugfs);
 }
 
@@ -910,13 +1406,18 @@ static void vbhp_init_state(struct vbhp *vb, struct virtio_device *vdev)
 			       vb->hp_order);
 	vb->reserve_pages = vbhp_reserve_pages();
 	/* As upstream: with DEFLATE_ON_OOM ballooned memory stays in MemTotal. */
-	vb->adjust_managed = !virtio_has_feature(vdev,
-						 VIRTIO_BALLOON_F_DEFLATE_ON_OOM);
+	vb->deflate_on_oom = virtio_has_feature(vdev,
+						VIRTIO_BALLOON_F_DEFLATE_ON_OOM);
+	vb->adjust_managed = !vb->deflate_on_oom;
+	atomic_set(&vb->config_gen, 0);
 }
 
 /* Hand the host the stats buffer and let the workers run. */
 static void vbhp_start(struct vbhp *vb)
 {
+	mutex_lock(&vb->lock);
+	vb->ready = true;
+	mutex_unlock(&vb->lock);
 	if (vb->stats_vq)
 		vbhp_stats_push(vb);
 	spin_lock_irq(&vb->stop_lock);
@@ -953,16 +1454,23 @@ static int vbhp_probe(struct virtio_device *vdev)
 	if (err)
 		goto out_del_vqs;
 
+	err = vbhp_od_init(vb);
+	if (err)
+		goto out_free_xfers;
+
 	virtio_device_ready(vdev);
 	vbhp_dbg_init(vb);
 	vbhp_start(vb);
-	dev_info(&vdev->dev, "blocks of order %u, %s, %u buffers in flight, reserve %lu MiB\n",
+	dev_info(&vdev->dev, "blocks of order %u, %s, %u buffers in flight, reserve %lu MiB%s\n",
 		 vb->max_order,
 		 vb->hp_order ? "one frame number per block" : "4 KiB frames",
 		 vb->xfer[VBHP_XFER_INFLATE].nr_slots,
-		 vb->reserve_pages >> (20 - PAGE_SHIFT));
+		 vb->reserve_pages >> (20 - PAGE_SHIFT),
+		 vb->deflate_on_oom ? ", deflate on demand" : "");
 	return 0;
 
+out_free_xfers:
+	vbhp_free_xfers(vb);
 out_del_vqs:
 	vdev->config->del_vqs(vdev);
 out_free_vb:
@@ -976,6 +1484,7 @@ static void vbhp_teardown(struct vbhp *vb)
 	mutex_lock(&vb->lock);
 	vbhp_deflate(vb, vb->num_pages, ULONG_MAX);
 	vbhp_update_actual(vb);
+	vb->ready = false;
 	mutex_unlock(&vb->lock);
 
 	virtio_reset_device(vb->vdev);
@@ -989,6 +1498,7 @@ static void vbhp_remove(struct virtio_device *vdev)
 
 	vbhp_stop(vb);
 	vbhp_dbg_exit(vb);
+	vbhp_od_exit(vb);
 	vbhp_teardown(vb);
 	kfree(vb);
 }
@@ -1065,9 +1575,13 @@ static int vbhp_validate(struct virtio_device *vdev)
 	return 0;
 }
 
+/* The host wrote the config: a new target, which also ends a hold. */
 static void vbhp_config_changed(struct virtio_device *vdev)
 {
-	vbhp_queue_work(vdev->priv, 0);
+	struct vbhp *vb = vdev->priv;
+
+	atomic_inc(&vb->config_gen);
+	vbhp_queue_work(vb, 0);
 }
 
 static unsigned int vbhp_features[] = {
@@ -1100,6 +1614,8 @@ static struct virtio_driver vbhp_driver = {
 
 static int __init vbhp_init(void)
 {
+	int err;
+
 	if (page_order > VBHP_MAX_ORDER) {
 		pr_err("page_order=%u is invalid: valid range is 0..%u\n",
 		       page_order, VBHP_MAX_ORDER);
@@ -1110,13 +1626,24 @@ static int __init vbhp_init(void)
 		       max_inflight, VBHP_MAX_INFLIGHT);
 		return -EINVAL;
 	}
-	return register_virtio_driver(&vbhp_driver);
+	err = misc_register(&vbhp_ioc_misc);
+	if (err)
+		return err;
+	err = register_virtio_driver(&vbhp_driver);
+	if (err)
+		goto out_deregister_misc;
+	return 0;
+
+out_deregister_misc:
+	misc_deregister(&vbhp_ioc_misc);
+	return err;
 }
 module_init(vbhp_init);
 
 static void __exit vbhp_exit(void)
 {
 	unregister_virtio_driver(&vbhp_driver);
+	misc_deregister(&vbhp_ioc_misc);
 }
 module_exit(vbhp_exit);
 

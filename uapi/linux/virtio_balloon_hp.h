@@ -12,6 +12,7 @@
 #ifndef _UAPI_LINUX_VIRTIO_BALLOON_HP_H
 #define _UAPI_LINUX_VIRTIO_BALLOON_HP_H
 
+#include <linux/ioctl.h>
 #include <linux/types.h>
 
 /* Frame numbers on the wire always count 4 KiB units. */
@@ -38,5 +39,84 @@ struct virtio_balloon_hp_config {
 	__le32 poison_val;		/* as virtio_balloon_config */
 	__le32 hp_block_order;		/* order of hp blocks (device, >= 1) */
 };
+
+/*
+ * The user-space ABI of /dev/virtio_balloon_hp (docs/ioctl.md).
+ *
+ * Every argument struct starts with its size: the caller sets it to the
+ * sizeof() it was built with.  Sizes below the first version's or above
+ * 4096 are refused with -EINVAL; a caller built against a larger, later
+ * version must leave the fields this kernel module does not know at zero.
+ * The module writes back at most the caller's size.  Commands are matched
+ * on type and number only, so a grown struct keeps its command.  All
+ * commands need CAP_SYS_ADMIN.
+ */
+#define VIRTIO_BALLOON_HP_IOC_MAGIC	0xB8
+
+/* Only deflate blocks that lie wholly below 4 GiB (32-bit DMA). */
+#define VIRTIO_BALLOON_HP_DEFLATE_BELOW_4G	0x00000001U
+#define VIRTIO_BALLOON_HP_DEFLATE_FLAGS	VIRTIO_BALLOON_HP_DEFLATE_BELOW_4G
+
+/**
+ * struct virtio_balloon_hp_deflate - take memory back from the host now.
+ * @size: in: sizeof(struct virtio_balloon_hp_deflate).
+ * @flags: in: VIRTIO_BALLOON_HP_DEFLATE_*; unknown bits are refused.
+ * @bytes: in: deflate at least this much; whole blocks are deflated, so
+ *	up to one block more.  0, or more than the guest's RAM, is refused;
+ *	more than the balloon holds (below 4 GiB with the flag) fails with
+ *	-ENOSPC and deflates nothing.
+ * @deflated: out: bytes given back.  The ioctl returns only after the host
+ *	acknowledged every block (and, for a VFIO host, mapped it).
+ *
+ * Needs VIRTIO_BALLOON_F_DEFLATE_ON_OOM (-EOPNOTSUPP without it).  Like
+ * every on-demand deflate it may go below the host's target, and the
+ * balloon does not inflate again until the host writes a target.
+ */
+struct virtio_balloon_hp_deflate {
+	__u32 size;
+	__u32 flags;
+	__u64 bytes;
+	__u64 deflated;
+};
+
+/* Triggers of an on-demand deflate, as indexes of the od_* arrays. */
+#define VIRTIO_BALLOON_HP_OD_SHRINKER	0
+#define VIRTIO_BALLOON_HP_OD_OOM	1
+#define VIRTIO_BALLOON_HP_OD_IOCTL	2
+#define VIRTIO_BALLOON_HP_OD_NUM	4	/* one spare */
+
+#define VIRTIO_BALLOON_HP_ORDERS	16
+
+/**
+ * struct virtio_balloon_hp_stats - what the balloon holds and has done.
+ * @size: in: sizeof(struct virtio_balloon_hp_stats).
+ * @block_order: out: the largest block order in use.
+ * @target_bytes: out: the host's target.
+ * @current_bytes: out: in the balloon now, acknowledged by the host.
+ * @held_blocks: out: blocks held, by order.
+ * @od_events: out: on-demand deflates, by trigger (VIRTIO_BALLOON_HP_OD_*).
+ * @od_bytes: out: bytes deflated on demand, by trigger.
+ * @od_below_4g_bytes: out: of those, bytes that lay below 4 GiB.
+ * @deflate_on_oom: out: 1 if VIRTIO_BALLOON_F_DEFLATE_ON_OOM is negotiated.
+ * @hold: out: 1 while inflation waits for the host to write a target after
+ *	an on-demand deflate.
+ */
+struct virtio_balloon_hp_stats {
+	__u32 size;
+	__u32 block_order;
+	__u64 target_bytes;
+	__u64 current_bytes;
+	__u64 held_blocks[VIRTIO_BALLOON_HP_ORDERS];
+	__u64 od_events[VIRTIO_BALLOON_HP_OD_NUM];
+	__u64 od_bytes[VIRTIO_BALLOON_HP_OD_NUM];
+	__u64 od_below_4g_bytes;
+	__u32 deflate_on_oom;
+	__u32 hold;
+};
+
+#define VIRTIO_BALLOON_HP_IOC_DEFLATE \
+	_IOWR(VIRTIO_BALLOON_HP_IOC_MAGIC, 1, struct virtio_balloon_hp_deflate)
+#define VIRTIO_BALLOON_HP_IOC_STATS \
+	_IOWR(VIRTIO_BALLOON_HP_IOC_MAGIC, 2, struct virtio_balloon_hp_stats)
 
 #endif /* _UAPI_LINUX_VIRTIO_BALLOON_HP_H */
