@@ -7,11 +7,13 @@
 #   tests/build.sh 6.1 hooks  -> .cache/build/<kver>-hooks/virtio_balloon_hp_hooks.ko
 #                                (VBHP_TEST_HOOKS=y: the test-only debugfs hooks)
 #   tests/build.sh 6.1 floor  -> .cache/build/<kver>-floor/vbhp_floor.ko (bench/floor)
+#   tests/build.sh 6.1 dma    -> .cache/build/<kver>-dma/vbhp_dma.ko
+#                                (selftests/virtio_balloon_hp/dma: 32-bit DMA allocations)
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 CACHE=$ROOT/.cache
-short=${1:?usage: tests/build.sh <kernel short name, e.g. 6.1> [hooks]}
+short=${1:?usage: tests/build.sh <kernel short name, e.g. 6.1> [hooks|floor|dma]}
 variant=${2:-}
 read -r _ kver kdir < <(grep "^$short " "$CACHE/kernels.list") ||
     { echo "build: kernel $short is not in .cache/kernels.list (run tests/setup.sh)" >&2; exit 1; }
@@ -22,6 +24,8 @@ hooks=()
 mkdir -p "$out/uapi/linux"
 if [[ $variant == floor ]]; then
     cp "$ROOT"/bench/floor/{Kbuild,vbhp_floor.c} "$out/"
+elif [[ $variant == dma ]]; then
+    cp "$ROOT"/selftests/virtio_balloon_hp/dma/{Kbuild,vbhp_dma.c} "$out/"
 else
     cp "$ROOT"/{Kbuild,virtio_balloon_hp.c,balloon_hp.h,compat.h} "$out/"
     cp "$ROOT/uapi/linux/virtio_balloon_hp.h" "$out/uapi/linux/"
@@ -41,6 +45,7 @@ make -s -C "$ROOT/selftests/virtio_balloon_hp" OUTPUT="$CACHE/build/selftests" \
     { cat "$CACHE/build/selftests.log" >&2; exit 1; }
 ko=$out/virtio_balloon_hp.ko
 [[ $variant == floor ]] && ko=$out/vbhp_floor.ko
+[[ $variant == dma ]] && ko=$out/vbhp_dma.ko
 if [[ $variant == hooks ]]; then
     # same module, another file name, so an initramfs can carry both
     cp "$ko" "$out/virtio_balloon_hp_hooks.ko"
