@@ -17,6 +17,7 @@ DEBUGFS = '/sys/kernel/debug/virtio_balloon_hp'
 SELFTESTS = os.path.join(ROOT, '.cache', 'build', 'selftests')
 HP_QEMU = os.path.join(ROOT, '.cache', 'qemu', 'bin', 'qemu-hp')  # host/build-qemu.sh
 HP_ORDER = 9
+SELFTEST_PROGS = ('vbhp_check', 'vbhp_fragment', 'vbhp_ioctl', 'vbhp_alloc')
 SETTLE_TIMEOUT = 240  # seconds; TCG inflates a few hundred MiB/s
 
 
@@ -29,12 +30,13 @@ def build_module(kernel, variant=''):
     return out.stdout.strip().splitlines()[-1]
 
 
-def balloon_guest(kernel, mem_mib, balloon_args='', hp=False, hooks=False, **kw):
+def balloon_guest(kernel, mem_mib, balloon_args='', hp=False, hooks=False, extra_files=(),
+                  **kw):
     """A Guest with our module and the selftests in /lib/vbhp.  hp: on the
     patched QEMU with hp blocks of HP_ORDER, its trace events logged.
     hooks: also the test-hooks build, as virtio_balloon_hp_hooks.ko."""
     files = [build_module(kernel)] + [os.path.join(SELFTESTS, p)
-                                      for p in ('vbhp_check', 'vbhp_fragment')]
+                                      for p in SELFTEST_PROGS] + list(extra_files)
     if hooks:
         files.append(build_module(kernel, 'hooks'))
     if hp:

@@ -310,5 +310,7 @@ def rmmod_returns_everything(kernel):
         b.check()
 
 
+import ondemand  # noqa: E402,F401  (registers the deflate-on-demand tests after these)
+
 if __name__ == '__main__':
     sys.exit(main())

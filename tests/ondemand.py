@@ -1,0 +1,227 @@
+"""Tests of deflate on demand (issue 4): the shrinker, the OOM notifier and
+the /dev/virtio_balloon_hp ioctls, against QEMU with and without
+deflate-on-oom.  Imported by run_tests.py, which runs them."""
+import re
+import time
+
+from balloon import MiB, Balloon, balloon_guest, build_module, trace_count
+from vbhp import test, wait_until
+
+DOO = ',deflate-on-oom=on'
+DMA_MODULE = '/lib/vbhp/vbhp_dma.ko'
+
+
+def fill(b, size=64 * MiB):
+    """Ask for far more than the guest can give and wait until the balloon
+    holds all it can (a round stalled at the reserve); return the stats."""
+    b.set_size(size)
+    wait_until(b.stats, 300, 'the balloon to hold all it can (a stalled inflate round)',
+               ok=lambda s: s['inflate_stalls'] >= 1)
+    return b.stats()
+
+
+def od_events(s):
+    return sum(s[f'od_{t}_events'] for t in ('shrinker', 'oom', 'ioctl'))
+
+
+def od_pages(s):
+    return sum(s[f'od_{t}_pages'] for t in ('shrinker', 'oom', 'ioctl'))
+
+
+def host_follows(b):
+    """The host's actual equals RAM minus what the guest holds, and the host
+    got a BALLOON_CHANGE event saying so."""
+    want = b.ram - b.stats()['current'] * 4096
+    wait_until(b.actual, 10, f'QMP actual == {want}', ok=lambda a: a == want)
+    b.g.qmp.wait_event('BALLOON_CHANGE', lambda ev: ev['data']['actual'] == want, 10)
+    return want
+
+
+def alloc_ms(out):
+    m = re.search(r'allocated (\d+) MiB in (\d+) ms', out)
+    assert m, out
+    return int(m.group(2))
+
+
+def back_to_normal(b, size):
+    """After an on-demand deflate: the host saw it, the guest's books are
+    consistent; then the host writes its target again, the hold ends and
+    the balloon grows; finally it empties."""
+    host_follows(b)
+    b.check(settled=False)
+    before = b.stats()['current']
+    b.set_size(size)
+    wait_until(b.stats, 60, 'the hold to end and the balloon to grow',
+               ok=lambda s: not s['od_hold'] and s['current'] > before)
+    b.settle(b.ram)
+    b.check()
+
+
+@test
+def on_demand_pressure_deflates(kernel):
+    """deflate-on-oom: a program allocating 1 GiB with the balloon holding
+    nearly all free memory succeeds, nobody is OOM-killed, the balloon gave
+    back at least the shortfall and the host's actual followed."""
+    with balloon_guest(kernel, 2048, balloon_args=DOO) as g:
+        b = Balloon(g, deflate_on_oom=True)
+        b.load()
+        s0 = fill(b)
+        mi = g.meminfo()
+        # what the guest could find without the balloon: free and clean page cache
+        free = (mi['MemFree'] + max(0, mi['Cached'] - mi['Shmem'])) * 1024
+        want = 1024 * MiB
+        rc, out = g.run(f'vbhp_alloc -m {want // MiB}', timeout=300)
+        assert rc == 0, out
+        s = b.stats()
+        shrank = (s0['current'] - s['current']) * 4096
+        g.log(f'balloon held {s0["current"] * 4096 // MiB} MiB, free + clean cache '
+              f'{free // MiB} MiB; 1 GiB allocated and touched in {alloc_ms(out)} ms; '
+              f'balloon gave back {shrank // MiB} MiB (shortfall {(want - free) // MiB} MiB): '
+              f'shrinker {s["od_shrinker_events"]} calls/{s["od_shrinker_pages"] * 4096 // MiB} '
+              f'MiB, oom {s["od_oom_events"]}/{s["od_oom_pages"] * 4096 // MiB} MiB')
+        # at least the shortfall, and not the whole balloon
+        assert want - free <= shrank <= want - free + 128 * MiB, (shrank, want - free)
+        assert od_pages(s) * 4096 == shrank and s['od_hold'] == 1, s
+        assert g.meminfo()['MemTotal'] == b.boot_kb
+        back_to_normal(b, 64 * MiB)
+
+
+@test
+def on_demand_oom_notifier(kernel):
+    """The OOM notifier, the last resort: with the shrinker switched off
+    (test-hooks build) a program allocating past free memory still
+    succeeds, the balloon gives back 64 MiB per OOM call, nobody is killed."""
+    with balloon_guest(kernel, 1024, balloon_args=DOO, hooks=True) as g:
+        b = Balloon(g, deflate_on_oom=True)
+        b.load(module='/lib/vbhp/virtio_balloon_hp_hooks.ko')
+        g.sh('echo Y > /sys/kernel/debug/virtio_balloon_hp_no_shrinker')
+        s0 = fill(b)
+        rc, out = g.run('vbhp_alloc -m 384', timeout=300)
+        assert rc == 0, out
+        s = b.stats()
+        g.log(f'384 MiB in {alloc_ms(out)} ms; OOM notifier {s["od_oom_events"]} calls, '
+              f'{s["od_oom_pages"] * 4096 // MiB} MiB; shrinker {s["od_shrinker_events"]}')
+        assert s['od_shrinker_events'] == 0 and s['od_oom_events'] > 0, s
+        assert s['od_oom_pages'] == s['od_oom_events'] * (64 * MiB // 4096), s
+        assert s0['current'] - s['current'] == s['od_oom_pages'], (s0, s)
+        host_follows(b)
+        b.check(settled=False)
+
+
+@test
+def on_demand_needs_deflate_on_oom(kernel):
+    """Without deflate-on-oom the same pressure leaves the balloon at its
+    size: the ioctl is refused, no on-demand path deflates, and the OOM
+    killer (expected here) takes the program."""
+    with balloon_guest(kernel, 1024) as g:
+        g.expect_oom = True
+        b = Balloon(g)
+        b.load()
+        s0 = fill(b)
+        actual = b.actual()
+        rc, out = g.run('vbhp_ioctl -r 64')
+        assert rc == 0, out
+        g.log(out.strip().splitlines()[-1])
+        rc, out = g.run('vbhp_alloc -m 1024', timeout=300)
+        assert rc != 0, out
+        s = b.stats()
+        g.log(f'vbhp_alloc exit {rc}; balloon {s0["current"]} -> {s["current"]} pages')
+        assert s['deflate_on_oom'] == 0 and od_events(s) == 0 and s['od_hold'] == 0, s
+        assert s['current'] >= s0['current'], (s0, s)
+        assert b.actual() <= actual
+        assert re.search(r'Killed process \d+ \(vbhp_alloc\)', g.sh('dmesg')), 'no OOM kill'
+        b.check(settled=False)
+        b.settle(1024 * MiB)
+        b.check()
+
+
+@test
+def on_demand_ioctl(kernel):
+    """The ioctl ABI (vbhp_ioctl kselftest): stats, every bad input refused
+    with nothing changed, unprivileged callers refused, a deflate that
+    returns after the host acknowledged; the host sees it."""
+    with balloon_guest(kernel, 2048, balloon_args=DOO) as g:
+        b = Balloon(g, deflate_on_oom=True)
+        b.load()
+        b.settle(512 * MiB)
+        rc, out = g.run('vbhp_ioctl -r 64 -l', timeout=120)
+        assert rc == 0, out
+        g.log('; '.join(line for line in out.splitlines() if 'took' in line))
+        s = b.stats()
+        assert s['od_ioctl_events'] == 2 and s['od_hold'] == 1, s
+        assert s['od_below_4g_pages'] >= 64 * MiB // 4096, s
+        back_to_normal(b, 512 * MiB)
+
+
+@test
+def on_demand_dma32_below_4g(kernel):
+    """A driver's 32-bit DMA allocations (256 MiB, 1 MiB chunks) with the
+    balloon holding most memory below 4 GiB: they succeed, and every block
+    the balloon gave back lies below 4 GiB (host trace, patched QEMU)."""
+    dma = build_module(kernel, 'dma')
+    with balloon_guest(kernel, 4096, balloon_args=DOO, hp=True, extra_files=[dma],
+                       append='init_on_alloc=0') as g:
+        b = Balloon(g, deflate_on_oom=True)
+        b.load()
+        fill(b)
+        mark = len(g.trace().splitlines())
+        rc, out = g.run(f'insmod {DMA_MODULE} total_mb=256 chunk_kb=1024', timeout=300)
+        assert rc == 0, out + g.sh('dmesg | tail -20')
+        g.log(g.sh('dmesg | grep "vbhp_dma: allocated"').strip())
+        s = b.stats()
+        hints = [r for line in g.trace().splitlines()[mark:]
+                 for r in trace_lines(line, 'virtio_balloon_hp_deflate')]
+        g.log(f'balloon gave back {od_pages(s) * 4096 // MiB} MiB on demand, '
+              f'{s["od_below_4g_pages"] * 4096 // MiB} MiB of it below 4 GiB; '
+              f'host saw {len(hints)} hp deflate hints')
+        assert s['od_shrinker_events'] > 0 and od_pages(s) == s['od_below_4g_pages'], s
+        assert hints, 'the host saw no deflate'
+        assert all(int(r['gpa'], 16) + (2 * MiB) <= 4096 * MiB for r in hints), hints
+        host_follows(b)
+        g.sh('rmmod vbhp_dma')
+        b.check(settled=False)
+
+
+def trace_lines(line, event):
+    name, _, rest = line.partition(' ')
+    if not name.endswith(event):
+        return []
+    toks = rest.split()
+    return [{toks[i].rstrip(':'): toks[i + 1] for i in range(0, len(toks) - 1, 2)}]
+
+
+@test
+def on_demand_no_ping_pong(kernel):
+    """60 s of steady pressure with a fixed target: after the first
+    on-demand deflate the balloon does not inflate again (no reclaim /
+    inflate loop), and the counters stay bounded."""
+    with balloon_guest(kernel, 2048, balloon_args=DOO) as g:
+        b = Balloon(g, deflate_on_oom=True)
+        b.load()
+        s0 = fill(b)
+        avail = g.meminfo()['MemAvailable'] // 1024
+        g.sh(f'vbhp_alloc -m {avail + 256} -t 60 >/tmp/pp.log 2>&1 &')
+
+        def log():
+            return g.sh('cat /tmp/pp.log')
+
+        wait_until(log, 120, 'the first round', ok=lambda o: 'allocated' in o or 'error' in o)
+        time.sleep(10)  # a measurement window, not a wait for a condition
+        mid = b.stats()
+        out = wait_until(log, 240, 'the 60 s pressure run to end',
+                         ok=lambda o: 'rounds' in o or 'error' in o, interval=2)
+        assert 'rounds' in out, out
+        s = b.stats()
+        infl = (s['inflate_buffers'] + s['hp_inflate_buffers']
+                - s0['inflate_buffers'] - s0['hp_inflate_buffers'])
+        g.log(f'{" ".join(out.split())}; on-demand deflates {od_events(mid)} '
+              f'({od_pages(mid) * 4096 // MiB} MiB) by 10 s after the first round, '
+              f'{od_events(s)} ({od_pages(s) * 4096 // MiB} MiB) at the end; inflate '
+              f'buffers since the balloon was full: {infl}; aborted inflate rounds '
+              f'{s["od_inflate_aborts"]}')
+        assert infl == 0, (s0, s)
+        assert od_events(mid) > 0, mid
+        assert od_events(s) - od_events(mid) <= 8, (mid, s)
+        assert od_pages(s) * 4096 <= 512 * MiB, s  # it needed 256 MiB and watermarks
+        assert s['od_hold'] == 1, s
+        back_to_normal(b, 64 * MiB)
