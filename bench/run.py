@@ -26,7 +26,7 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, '..', 'tests'))
-from balloon import HP_QEMU, HP_ORDER, MODULE, MiB, build_module  # noqa: E402
+from balloon import HP_QEMU, HP_ORDER, MODULE, SELFTESTS, MiB, build_module  # noqa: E402
 from vbhp import Guest, kernels  # noqa: E402
 
 GiB = 1024 * MiB
@@ -140,10 +140,49 @@ def thp_workload(g, run):
     return before, after
 
 
+def wait_full(g, timeout=180):
+    """Ask for far more than the guest can give; wait until the host sees
+    the balloon stop growing (within 1 MiB for 3 s). Returns bytes held."""
+    g.qmp.cmd('balloon', value=64 * MiB)
+    last, since, t0 = None, time.monotonic(), time.monotonic()
+    while time.monotonic() - since < 3 and time.monotonic() - t0 < timeout:
+        a = g.qmp.cmd('query-balloon')['actual']
+        if last is None or abs(a - last) > MiB:
+            last, since = a, time.monotonic()
+        time.sleep(0.2)
+    return g.mem_mib * MiB - last
+
+
+def ondemand(kernel, v, files):
+    """1 GiB allocated and touched by a guest program, with the balloon
+    empty and then holding all it can (2 GiB guest, deflate-on-oom=on)."""
+    hp = v[3]
+    with Guest(kernel, mem_mib=2048, files=files, append='init_on_alloc=0',
+               qemu=HP_QEMU if hp else STOCK_QEMU,
+               balloon_args=(f',hp-block-order={HP_ORDER}' if hp else '') +
+               ',deflate-on-oom=on') as g:
+        g.expect_oom = True  # the in-tree driver may not keep the OOM killer away
+        Run(g, v).load(kernel)
+        res = dict(empty=alloc_ms(g), held=wait_full(g) // MiB)
+        res['full'] = alloc_ms(g)
+        res['killed'] = 'Killed process' in g.sh('dmesg')
+        problems = g.kernel_problems()
+        assert not problems, f'{v[0]}: guest kernel problems: {problems[:3]}'
+        return res
+
+
+def alloc_ms(g):
+    """ms for vbhp_alloc to allocate and touch 1 GiB; None if it failed or
+    took more than 120 s."""
+    rc, out = g.run('timeout 120 vbhp_alloc -m 1024', timeout=200)
+    m = re.search(r'allocated \d+ MiB in (\d+) ms', out)
+    return int(m.group(1)) if rc == 0 and m else None
+
+
 def bench_kernel(kernel, sizes, runs, quick):
     """All measurements for one kernel: {(variant, key): value}."""
     files = [build_module(kernel), kernel.module('virtio_balloon'),
-             build_module(kernel, 'floor')]
+             build_module(kernel, 'floor'), os.path.join(SELFTESTS, 'vbhp_alloc')]
     res = {}
     plan = [(s, 0, runs) for s in sizes] + ([] if quick else [(4, 1, runs)])
     for ram, init, n in plan:
@@ -163,6 +202,9 @@ def bench_kernel(kernel, sizes, runs, quick):
                     res[(v[0], 'thp')] = thp_workload(g, run)
                 problems = g.kernel_problems()
                 assert not problems, f'{v[0]}: guest kernel problems: {problems[:3]}'
+    for v in VARIANTS if not quick else ():
+        progress(f'{kernel.short}: {v[0]:9}  2 GiB 1 GiB allocation under a full balloon')
+        res[(v[0], 'od')] = ondemand(kernel, v, files)
     return res
 
 
@@ -214,9 +256,21 @@ def table(res, sizes, quick):
             cells = [f'{res[(n, what)][0]} → {res[(n, what)][1]}' for n in names]
             rows.append(f'| {label} | {cells[0]} | ' +
                         ' | '.join(f'{c} | —' for c in cells[1:]) + ' |')
-    rows.append('| 1 GiB allocation under a full balloon (on-demand deflate) | '
-                + ' | '.join(['not available (issue 4)'] + ['not available', '—'] * 3) + ' |')
+    if (names[0], 'od') in res:
+        ods = [res[(n, 'od')] for n in names]
+        cells = [od_cell(ods[0])]
+        for o in ods[1:]:
+            cells += [od_cell(o), ratio(ods[0]['full'], o['full'], False)]
+        rows.append('| 1 GiB allocated and touched under a full balloon, ms '
+                    '(balloon held; same with an empty balloon) | ' + ' | '.join(cells) + ' |')
     return rows
+
+
+def od_cell(o):
+    full = f'{o["full"]}' if o['full'] else 'failed or > 120 s'
+    empty = f'{o["empty"]} ms' if o['empty'] else 'failed'
+    return (f'{full} ({o["held"]} MiB held; empty: {empty})'
+            + ('; OOM kill' if o['killed'] else ''))
 
 
 def plot(res, sizes, kernel, out):
@@ -266,7 +320,9 @@ def main():
            '(QMP query-balloon polled every 10 ms)',
            '- ratio: how many times better than the in-tree driver (its time / ours, our rate / its)',
            '- buffers per GiB: QEMU\'s virtqueue_pop trace, inflate and deflate together',
-           '- the hp-o9-hp column runs on the patched QEMU 10.0, the others on stock QEMU', '']
+           '- the hp-o9-hp column runs on the patched QEMU 10.0, the others on stock QEMU',
+           '- on-demand deflate: 2 GiB guest, deflate-on-oom=on, init_on_alloc=0; the balloon '
+           'asked for all it can hold, then vbhp_alloc allocates and touches 1 GiB', '']
     for k in ks:
         res = bench_kernel(k, sizes, runs, args.quick)
         out += [f'## Debian {k.kver}', ''] + table(res, sizes, args.quick) + ['']
