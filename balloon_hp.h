@@ -86,8 +86,8 @@ enum vbhp_xfer_stat {
  * @VBHP_STAT_SPLIT: held blocks split into order-0 pages to deflate exactly.
  * @VBHP_STAT_STALL: inflate rounds stopped short (no memory, or reserve hit).
  * @VBHP_STAT_OD_BELOW_4G: pages deflated on demand that lay below 4 GiB.
- * @VBHP_STAT_OD_ABORT: inflate rounds stopped because reclaim or the OOM
- *	notifier wanted memory back.
+ * @VBHP_STAT_OD_ABORT: inflate rounds stopped because reclaim, the OOM
+ *	notifier or the ioctl wanted memory back (retried a second later).
  * @VBHP_STAT_NUM: number of device-wide counters.
  */
 enum vbhp_stat {
@@ -209,8 +209,9 @@ struct vbhp_xfer {
  *	writes a target again; under @lock.
  * @od_hold_gen: @config_gen when @od_hold was set; under @lock.
  * @config_gen: counts the host's config-change notifications; atomic.
- * @od_abort: reclaim or the OOM notifier wants the inflate round that is
- *	running to stop; set locklessly, consumed by the worker under @lock.
+ * @od_abort: reclaim, the OOM notifier or the ioctl wants the inflate
+ *	round that is running to stop; set locklessly, cleared by the worker
+ *	under @lock before each round.
  * @inflater: the task running an inflate round (so that its own
  *	allocations reaching the shrinker are recognised), or NULL; written
  *	under @lock, read locklessly.

@@ -45,11 +45,14 @@
  * gets blocks below 4 GiB); otherwise it takes the smallest blocks first,
  * as a deflate round does.  Only direct reclaim deflates, one request's
  * worth per reclaim pass; not kswapd, which runs whenever free memory
- * dips (also while the balloon inflates), nor drop_caches.  Reclaim
- * never waits for vbhp->lock (the worker allocates with it held): it
- * trylocks and, if an inflate round holds the lock, asks that round to
- * stop.  After an on-demand deflate the balloon does not inflate again
- * until the host writes a target: the host sees "actual" drop and decides.
+ * dips (also while the balloon inflates), nor drop_caches.  Reclaim and
+ * the OOM notifier never block on vbhp->lock (the worker allocates with it
+ * held): they trylock and, if an inflate round holds the lock, ask that
+ * round to stop; it retries a second later.  After an on-demand deflate
+ * the balloon does not inflate again until the host writes a target: the
+ * host sees "actual" drop and decides.  Hibernation's shrink_all_memory()
+ * and writes to the root cgroup's memory.reclaim count as direct reclaim
+ * too: they may deflate (a reset follows hibernation anyway).
  * No timer re-inflates it, because re-inflating into the pressure that
  * just deflated it is the reclaim/inflate loop that made upstream revert
  * its shrinker.
@@ -59,6 +62,7 @@
 
 #include <linux/capability.h>
 #include <linux/debugfs.h>
+#include <linux/delay.h>
 #include <linux/gfp.h>
 #include <linux/kernel.h>
 #include <linux/log2.h>
@@ -67,6 +71,7 @@
 #include <linux/module.h>
 #include <linux/oom.h>
 #include <linux/scatterlist.h>
+#include <linux/sched/mm.h>
 #include <linux/seq_file.h>
 #include <linux/slab.h>
 #include <linux/swap.h>
@@ -102,6 +107,10 @@ MODULE_PARM_DESC(reserve_mb,
 
 /* What the OOM notifier gives back per call. */
 #define VBHP_OOM_FRAMES		(64UL << (20 - VIRTIO_BALLOON_HP_PFN_SHIFT))
+
+/* How long (at most) the OOM notifier tries for the balloon's lock. */
+#define VBHP_OOM_LOCK_TRIES	100
+#define VBHP_OOM_LOCK_WAIT_MS	10
 
 /* The first frame above 4 GiB (32-bit DMA). */
 #define VBHP_4G_PFN		(1UL << (32 - PAGE_SHIFT))
@@ -525,8 +534,14 @@ static struct page *vbhp_inflate_get_block(struct vbhp *vb,
 static unsigned long vbhp_inflate(struct vbhp *vb, unsigned long frames)
 {
 	unsigned long before = vb->num_pages, queued = 0;
+	unsigned int noio;
 	struct page *page;
 
+	/*
+	 * No I/O or filesystem reclaim on behalf of the balloon while it holds
+	 * vb->lock: such reclaim can wait on tasks that wait on the lock.
+	 */
+	noio = memalloc_noio_save();
 	vb->alloc_order = vb->max_order;
 	while (queued < min(frames, vb->round_frames) &&
 	       !READ_ONCE(vb->od_abort)) {
@@ -536,6 +551,7 @@ static unsigned long vbhp_inflate(struct vbhp *vb, unsigned long frames)
 		queued += vbhp_order_frames(page_private(page));
 		vbhp_xfer_add(vb, page, true);
 	}
+	memalloc_noio_restore(noio);
 	vbhp_xfer_flush(vb, true);
 	return vb->num_pages - before;
 }
@@ -584,21 +600,30 @@ static bool vbhp_od_fits(struct page *page, const struct vbhp_od_req *req)
 	       req->pfn_limit;
 }
 
-/* The smallest held block @req may take, taken off its list; or NULL. */
-static struct page *vbhp_od_pick(struct vbhp *vb, const struct vbhp_od_req *req)
+/*
+ * Take held blocks @req may take, smallest first, until they cover it (or
+ * none is left), onto @taken in one pass; returns their frames.
+ */
+static unsigned long vbhp_od_take(struct vbhp *vb,
+				  const struct vbhp_od_req *req,
+				  struct list_head *taken)
 {
-	struct page *page;
+	unsigned long frames = 0;
+	struct page *page, *next;
 	unsigned int order;
 
 	for (order = 0; order < VBHP_NR_ORDERS; order++) {
-		list_for_each_entry(page, &vb->blocks[order], lru) {
-			if (vbhp_od_fits(page, req)) {
-				vbhp_blk_unhold(vb, page);
-				return page;
-			}
+		list_for_each_entry_safe(page, next, &vb->blocks[order], lru) {
+			if (frames >= req->frames)
+				return frames;
+			if (!vbhp_od_fits(page, req))
+				continue;
+			vbhp_blk_unhold(vb, page);
+			list_add_tail(&page->lru, taken);
+			frames += vbhp_order_frames(order);
 		}
 	}
-	return NULL;
+	return frames;
 }
 
 /* Frames held in blocks @req may take. */
@@ -613,13 +638,6 @@ static unsigned long vbhp_od_held(struct vbhp *vb, const struct vbhp_od_req *req
 			if (vbhp_od_fits(page, req))
 				frames += vbhp_order_frames(order);
 	return frames;
-}
-
-/* No inflation until the host writes a target after this point. */
-static void vbhp_od_set_hold(struct vbhp *vb)
-{
-	vb->od_hold = true;
-	vb->od_hold_gen = atomic_read(&vb->config_gen);
 }
 
 static void vbhp_od_count(struct vbhp *vb, enum vbhp_od_trigger trigger,
@@ -637,26 +655,28 @@ static void vbhp_od_count(struct vbhp *vb, enum vbhp_od_trigger trigger,
 static unsigned long vbhp_od_deflate(struct vbhp *vb,
 				     const struct vbhp_od_req *req)
 {
-	unsigned long queued = 0, below_4g = 0, frames;
-	struct page *page;
+	/* A target the host writes once it sees "actual" drop ends the hold. */
+	int gen = atomic_read(&vb->config_gen);
+	unsigned long queued, below_4g = 0, frames;
+	struct page *page, *next;
+	LIST_HEAD(taken);
 
 	if (!vb->ready || !vb->deflate_on_oom)
 		return 0;
-	while (queued < req->frames) {
-		page = vbhp_od_pick(vb, req);
-		if (!page)
-			break;
+	queued = vbhp_od_take(vb, req, &taken);
+	if (!queued)
+		return 0;
+	list_for_each_entry_safe(page, next, &taken, lru) {
+		list_del(&page->lru);
 		frames = vbhp_order_frames(page_private(page));
 		if (page_to_pfn(page) + frames <= VBHP_4G_PFN)
 			below_4g += frames;
-		queued += frames;
 		vbhp_xfer_add(vb, page, false);
 	}
-	if (!queued)
-		return 0;
 	vbhp_xfer_flush(vb, false);
 	vbhp_update_actual(vb);
-	vbhp_od_set_hold(vb);
+	vb->od_hold = true;
+	vb->od_hold_gen = gen;
 	vbhp_od_count(vb, req->trigger, queued, below_4g);
 	return queued;
 }
@@ -737,29 +757,28 @@ static int vbhp_od_oom_notify(struct notifier_block *nb, unsigned long unused,
 		.pfn_limit = ULONG_MAX,
 	};
 	unsigned long *freed = parm;
+	unsigned int tries;
 
-	/* The worker allocates with __GFP_NORETRY: it never waits on OOM. */
-	if (READ_ONCE(vb->inflater))
-		WRITE_ONCE(vb->od_abort, true);
-	mutex_lock(&vb->lock);
+	/*
+	 * Never block on vb->lock here: its holder may be in reclaim, waiting
+	 * on something the task that hit OOM holds.  An inflate round stops
+	 * at the next block when asked; give it and a flush a second.
+	 */
+	for (tries = 0; !vbhp_od_trylock(vb); tries++) {
+		if (tries == VBHP_OOM_LOCK_TRIES)
+			return NOTIFY_OK;
+		msleep(VBHP_OOM_LOCK_WAIT_MS);
+	}
 	*freed += vbhp_od_deflate(vb, &req);
 	mutex_unlock(&vb->lock);
 	return NOTIFY_OK;
 }
 
-/*
- * Called by the worker under vb->lock: end the hold once the host wrote a
- * target, and consume a request to stop inflating.
- */
+/* Called by the worker under vb->lock: the host wrote a target since. */
 static void vbhp_od_update_hold(struct vbhp *vb)
 {
 	if (vb->od_hold && atomic_read(&vb->config_gen) != vb->od_hold_gen)
 		vb->od_hold = false;
-	if (READ_ONCE(vb->od_abort)) {
-		WRITE_ONCE(vb->od_abort, false);
-		vbhp_count(&vb->stats[VBHP_STAT_OD_ABORT], 1);
-		vbhp_od_set_hold(vb);
-	}
 }
 
 /*
@@ -791,11 +810,14 @@ static void vbhp_work_fn(struct work_struct *work)
 	target = vbhp_target(vb);
 	if (target > vb->num_pages && !vb->od_hold) {
 		want = target - vb->num_pages;
+		WRITE_ONCE(vb->od_abort, false);
 		WRITE_ONCE(vb->inflater, current);
 		got = vbhp_inflate(vb, want);
 		WRITE_ONCE(vb->inflater, NULL);
 		if (READ_ONCE(vb->od_abort)) {
-			vbhp_od_update_hold(vb);
+			/* Pressure stopped the round: back off, no hold. */
+			vbhp_count(&vb->stats[VBHP_STAT_OD_ABORT], 1);
+			delay = VBHP_RETRY_DELAY;
 		} else if (got < min(want, vb->round_frames)) {
 			vbhp_count(&vb->stats[VBHP_STAT_STALL], 1);
 			delay = VBHP_RETRY_DELAY;
@@ -1348,8 +1370,10 @@ static void vbhp_free_xfers(struct vbhp *vb)
 {
 	unsigned int i;
 
-	for (i = 0; i < VBHP_XFER_NUM; i++)
+	for (i = 0; i < VBHP_XFER_NUM; i++) {
 		kfree(vb->xfer[i].ring);
+		vb->xfer[i].ring = NULL;
+	}
 }
 
 static int vbhp_init_xfers(struct vbhp *vb)
@@ -1417,6 +1441,9 @@ static void vbhp_start(struct vbhp *vb)
 {
 	mutex_lock(&vb->lock);
 	vb->ready = true;
+	/* A reset emptied the balloon: inflate toward the target again. */
+	vb->od_hold = false;
+	WRITE_ONCE(vb->od_abort, false);
 	mutex_unlock(&vb->lock);
 	if (vb->stats_vq)
 		vbhp_stats_push(vb);
