@@ -154,6 +154,26 @@ def on_demand_ioctl(kernel):
 
 
 @test
+def on_demand_hold_ends_on_reset(kernel):
+    """Suspend resets the device and empties the balloon through the host;
+    on resume it inflates to the host's target again, even though it was
+    holding after an on-demand deflate."""
+    with balloon_guest(kernel, 2048, balloon_args=DOO) as g:
+        b = Balloon(g, deflate_on_oom=True)
+        b.load()
+        b.settle(1024 * MiB)
+        rc, out = g.run('vbhp_ioctl -r 64', timeout=120)
+        assert rc == 0, out
+        assert b.stats()['od_hold'] == 1 and b.actual() > 1024 * MiB
+        g.sh('echo devices > /sys/power/pm_test && echo freeze > /sys/power/state',
+             timeout=120)
+        wait_until(b.actual, 120, 'back at the target after resume',
+                   ok=lambda a: a == 1024 * MiB)
+        assert b.stats()['od_hold'] == 0
+        b.check()
+
+
+@test
 def on_demand_dma32_below_4g(kernel):
     """A driver's 32-bit DMA allocations (256 MiB, 1 MiB chunks) with the
     balloon holding most memory below 4 GiB: they succeed, and every block
