@@ -46,11 +46,19 @@ def balloon_guest(kernel, mem_mib, balloon_args='', hp=False, hooks=False, extra
                  balloon_args=balloon_args, **kw)
 
 
-def trace_count(guest, event, **fields):
-    """Trace lines of @event whose fields (e.g. queue='hp_inflate') match;
-    returns them as dicts of field -> string."""
+def suspend(guest):
+    """Suspend to idle and resume, devices included (pm_test=devices): the
+    virtio device is frozen (reset) and restored."""
+    guest.sh('echo devices > /sys/power/pm_test && echo freeze > /sys/power/state',
+             timeout=120)
+    assert 'PM: suspend exit' in guest.sh('dmesg')
+
+
+def trace_count(guest, event, since=0, **fields):
+    """Trace lines of @event whose fields (e.g. queue='hp_inflate') match,
+    from line @since of the trace on; returns them as dicts of field -> string."""
     found = []
-    for line in guest.trace().splitlines():
+    for line in guest.trace().splitlines()[since:]:
         name, _, rest = line.partition(' ')
         if not name.endswith(event):
             continue

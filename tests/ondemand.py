@@ -4,7 +4,7 @@ deflate-on-oom.  Imported by run_tests.py, which runs them."""
 import re
 import time
 
-from balloon import MiB, Balloon, balloon_guest, build_module, trace_count
+from balloon import MiB, Balloon, balloon_guest, build_module, suspend, trace_count
 from vbhp import test, wait_until
 
 DOO = ',deflate-on-oom=on'
@@ -165,8 +165,7 @@ def on_demand_hold_ends_on_reset(kernel):
         rc, out = g.run('vbhp_ioctl -r 64', timeout=120)
         assert rc == 0, out
         assert b.stats()['od_hold'] == 1 and b.actual() > 1024 * MiB
-        g.sh('echo devices > /sys/power/pm_test && echo freeze > /sys/power/state',
-             timeout=120)
+        suspend(g)
         wait_until(b.actual, 120, 'back at the target after resume',
                    ok=lambda a: a == 1024 * MiB)
         assert b.stats()['od_hold'] == 0
@@ -189,8 +188,7 @@ def on_demand_dma32_below_4g(kernel):
         assert rc == 0, out + g.sh('dmesg | tail -20')
         g.log(g.sh('dmesg | grep "vbhp_dma: allocated"').strip())
         s = b.stats()
-        hints = [r for line in g.trace().splitlines()[mark:]
-                 for r in trace_lines(line, 'virtio_balloon_hp_deflate')]
+        hints = trace_count(g, 'virtio_balloon_hp_deflate', since=mark)
         g.log(f'balloon gave back {od_pages(s) * 4096 // MiB} MiB on demand, '
               f'{s["od_below_4g_pages"] * 4096 // MiB} MiB of it below 4 GiB; '
               f'host saw {len(hints)} hp deflate hints')
@@ -200,14 +198,6 @@ def on_demand_dma32_below_4g(kernel):
         host_follows(b)
         g.sh('rmmod vbhp_dma')
         b.check(settled=False)
-
-
-def trace_lines(line, event):
-    name, _, rest = line.partition(' ')
-    if not name.endswith(event):
-        return []
-    toks = rest.split()
-    return [{toks[i].rstrip(':'): toks[i + 1] for i in range(0, len(toks) - 1, 2)}]
 
 
 @test
