@@ -26,7 +26,7 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, '..', 'tests'))
-from balloon import HP_QEMU, HP_ORDER, MODULE, SELFTESTS, MiB, build_module  # noqa: E402
+from balloon import HP_QEMU, HP_ORDER, MODULE, SELFTESTS, MiB, alloc_ms, build_module  # noqa: E402
 from vbhp import Guest, kernels  # noqa: E402
 
 GiB = 1024 * MiB
@@ -163,20 +163,23 @@ def ondemand(kernel, v, files):
                ',deflate-on-oom=on') as g:
         g.expect_oom = True  # the in-tree driver may not keep the OOM killer away
         Run(g, v).load(kernel)
-        res = dict(empty=alloc_ms(g), held=wait_full(g) // MiB)
-        res['full'] = alloc_ms(g)
+        res = dict(empty=alloc_1g_ms(g), held=wait_full(g) // MiB)
+        res['full'] = alloc_1g_ms(g)
         res['killed'] = 'Killed process' in g.sh('dmesg')
-        problems = g.kernel_problems()
-        assert not problems, f'{v[0]}: guest kernel problems: {problems[:3]}'
+        assert_clean(g, v)
         return res
 
 
-def alloc_ms(g):
+def alloc_1g_ms(g):
     """ms for vbhp_alloc to allocate and touch 1 GiB; None if it failed or
     took more than 120 s."""
     rc, out = g.run('timeout 120 vbhp_alloc -m 1024', timeout=200)
-    m = re.search(r'allocated \d+ MiB in (\d+) ms', out)
-    return int(m.group(1)) if rc == 0 and m else None
+    return alloc_ms(out) if rc == 0 else None
+
+
+def assert_clean(g, v):
+    problems = g.kernel_problems()
+    assert not problems, f'{v[0]}: guest kernel problems: {problems[:3]}'
 
 
 def bench_kernel(kernel, sizes, runs, quick):
@@ -200,8 +203,7 @@ def bench_kernel(kernel, sizes, runs, quick):
                 if ram == 4 and init == 0:
                     res[(v[0], 'frag')] = (huge0, run.free_huge_mib())
                     res[(v[0], 'thp')] = thp_workload(g, run)
-                problems = g.kernel_problems()
-                assert not problems, f'{v[0]}: guest kernel problems: {problems[:3]}'
+                assert_clean(g, v)
     for v in VARIANTS if not quick else ():
         progress(f'{kernel.short}: {v[0]:9}  2 GiB 1 GiB allocation under a full balloon')
         res[(v[0], 'od')] = ondemand(kernel, v, files)

@@ -6,6 +6,7 @@ file and the vbhp_check kselftest.  Every wait has a deadline and says what
 it saw last when it runs out.
 """
 import os
+import re
 import subprocess
 import time
 
@@ -52,6 +53,12 @@ def suspend(guest):
     guest.sh('echo devices > /sys/power/pm_test && echo freeze > /sys/power/state',
              timeout=120)
     assert 'PM: suspend exit' in guest.sh('dmesg')
+
+
+def alloc_ms(out):
+    """The time vbhp_alloc reported for its first round (ms), or None."""
+    m = re.search(r'allocated \d+ MiB in (\d+) ms', out)
+    return int(m.group(1)) if m else None
 
 
 def trace_count(guest, event, since=0, **fields):
@@ -123,6 +130,15 @@ class Balloon:
         rc, out = self.g.run(cmd)
         assert rc == 0, f'{cmd} failed:\n{out}'
         return out
+
+    def fill(self, stalls=1, size=64 * MiB, timeout=300):
+        """Ask for far more than the guest can give and wait until the balloon
+        holds all it can (@stalls inflate rounds stopped at the reserve, a
+        second apart); return the stats."""
+        self.set_size(size)
+        return wait_until(self.stats, timeout,
+                          f'{stalls} stalled inflate round(s): the balloon holds all it can',
+                          ok=lambda s: s['inflate_stalls'] >= stalls)
 
     def held_below(self, order):
         """4 KiB pages held in blocks of order < @order."""

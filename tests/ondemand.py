@@ -4,20 +4,18 @@ deflate-on-oom.  Imported by run_tests.py, which runs them."""
 import re
 import time
 
-from balloon import MiB, Balloon, balloon_guest, build_module, suspend, trace_count
+from balloon import (MiB, Balloon, alloc_ms, balloon_guest, build_module, suspend,
+                     trace_count)
 from vbhp import test, wait_until
 
 DOO = ',deflate-on-oom=on'
 DMA_MODULE = '/lib/vbhp/vbhp_dma.ko'
 
 
-def fill(b, size=64 * MiB):
-    """Ask for far more than the guest can give and wait until the balloon
-    holds all it can (a round stalled at the reserve); return the stats."""
-    b.set_size(size)
-    wait_until(b.stats, 300, 'the balloon to hold all it can (a stalled inflate round)',
-               ok=lambda s: s['inflate_stalls'] >= 1)
-    return b.stats()
+def ms(out):
+    t = alloc_ms(out)
+    assert t is not None, out
+    return t
 
 
 def od_events(s):
@@ -35,12 +33,6 @@ def host_follows(b):
     wait_until(b.actual, 10, f'QMP actual == {want}', ok=lambda a: a == want)
     b.g.qmp.wait_event('BALLOON_CHANGE', lambda ev: ev['data']['actual'] == want, 10)
     return want
-
-
-def alloc_ms(out):
-    m = re.search(r'allocated (\d+) MiB in (\d+) ms', out)
-    assert m, out
-    return int(m.group(2))
 
 
 def back_to_normal(b, size):
@@ -65,7 +57,7 @@ def on_demand_pressure_deflates(kernel):
     with balloon_guest(kernel, 2048, balloon_args=DOO) as g:
         b = Balloon(g, deflate_on_oom=True)
         b.load()
-        s0 = fill(b)
+        s0 = b.fill()
         mi = g.meminfo()
         # what the guest could find without the balloon: free and clean page cache
         free = (mi['MemFree'] + max(0, mi['Cached'] - mi['Shmem'])) * 1024
@@ -75,7 +67,7 @@ def on_demand_pressure_deflates(kernel):
         s = b.stats()
         shrank = (s0['current'] - s['current']) * 4096
         g.log(f'balloon held {s0["current"] * 4096 // MiB} MiB, free + clean cache '
-              f'{free // MiB} MiB; 1 GiB allocated and touched in {alloc_ms(out)} ms; '
+              f'{free // MiB} MiB; 1 GiB allocated and touched in {ms(out)} ms; '
               f'balloon gave back {shrank // MiB} MiB (shortfall {(want - free) // MiB} MiB): '
               f'shrinker {s["od_shrinker_events"]} calls/{s["od_shrinker_pages"] * 4096 // MiB} '
               f'MiB, oom {s["od_oom_events"]}/{s["od_oom_pages"] * 4096 // MiB} MiB')
@@ -95,11 +87,11 @@ def on_demand_oom_notifier(kernel):
         b = Balloon(g, deflate_on_oom=True)
         b.load(module='/lib/vbhp/virtio_balloon_hp_hooks.ko')
         g.sh('echo Y > /sys/kernel/debug/virtio_balloon_hp_no_shrinker')
-        s0 = fill(b)
+        s0 = b.fill()
         rc, out = g.run('vbhp_alloc -m 384', timeout=300)
         assert rc == 0, out
         s = b.stats()
-        g.log(f'384 MiB in {alloc_ms(out)} ms; OOM notifier {s["od_oom_events"]} calls, '
+        g.log(f'384 MiB in {ms(out)} ms; OOM notifier {s["od_oom_events"]} calls, '
               f'{s["od_oom_pages"] * 4096 // MiB} MiB; shrinker {s["od_shrinker_events"]}')
         assert s['od_shrinker_events'] == 0 and s['od_oom_events'] > 0, s
         assert s['od_oom_pages'] == s['od_oom_events'] * (64 * MiB // 4096), s
@@ -117,7 +109,7 @@ def on_demand_needs_deflate_on_oom(kernel):
         g.expect_oom = True
         b = Balloon(g)
         b.load()
-        s0 = fill(b)
+        s0 = b.fill()
         actual = b.actual()
         rc, out = g.run('vbhp_ioctl -r 64')
         assert rc == 0, out
@@ -182,7 +174,7 @@ def on_demand_dma32_below_4g(kernel):
                        append='init_on_alloc=0') as g:
         b = Balloon(g, deflate_on_oom=True)
         b.load()
-        fill(b)
+        b.fill()
         mark = len(g.trace().splitlines())
         rc, out = g.run(f'insmod {DMA_MODULE} total_mb=256 chunk_kb=1024', timeout=300)
         assert rc == 0, out + g.sh('dmesg | tail -20')
@@ -208,7 +200,7 @@ def on_demand_no_ping_pong(kernel):
     with balloon_guest(kernel, 2048, balloon_args=DOO) as g:
         b = Balloon(g, deflate_on_oom=True)
         b.load()
-        s0 = fill(b)
+        s0 = b.fill()
         avail = g.meminfo()['MemAvailable'] // 1024
         g.sh(f'vbhp_alloc -m {avail + 256} -t 60 >/tmp/pp.log 2>&1 &')
 

@@ -176,11 +176,8 @@ def target_beyond_guest(kernel):
     with balloon_guest(kernel, 1024) as g:
         b = Balloon(g)
         b.load()
-        b.set_size(64 * MiB)
         # It keeps trying: at least three stalled rounds, a second apart.
-        wait_until(b.stats, 240, 'three stalled inflate rounds',
-                   ok=lambda s: s['inflate_stalls'] >= 3)
-        held = b.stats()['current']
+        held = b.fill(stalls=3, timeout=240)['current']
         assert b.actual() > 64 * MiB, b.actual()
         avail = g.meminfo()['MemAvailable']
         g.log(f'holds {held * 4096 / MiB:.0f} MiB of 960 asked; MemAvailable {avail} kB')
