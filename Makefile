@@ -30,20 +30,20 @@ install: modules
 	depmod -a
 
 check:
-	bash tests/setup.sh
+	bash tests/setup/setup.sh
 	bash host/build-qemu.sh
 	$(PYTHON) tests/run_tests.py $(TESTS)
 
 demo:
-	bash tests/setup.sh
+	bash tests/setup/setup.sh
 	$(PYTHON) tests/demo.py
 
 bench:
-	bash tests/setup.sh
+	bash tests/setup/setup.sh
 	bash host/build-qemu.sh
 	$(PYTHON) bench/run.py $(if $(QUICK),--quick --out .cache/bench-quick)
 
 lint:
-	bash tests/lint.sh $(KDIR)
+	bash tests/setup/lint.sh $(KDIR)
 
 .PHONY: all modules clean install check demo bench lint

@@ -36,8 +36,8 @@ BPO_PKGS=(meson)              # QEMU 10.0 needs meson >= 1.5 (bookworm: 1.0)
 RUN_PKGS=(qemu-system-x86 seabios)
 START=$SECONDS
 LOG_TAG="build-qemu"
-# shellcheck source=tests/apt-lib.sh
-source "$ROOT/tests/apt-lib.sh"
+# shellcheck source=tests/setup/apt-lib.sh
+source "$ROOT/tests/setup/apt-lib.sh"
 
 # Does some apt source other than ours give binary bookworm-backports?
 have_binary_backports() {

@@ -25,7 +25,7 @@ SETTLE_TIMEOUT = 240  # seconds; TCG inflates a few hundred MiB/s
 def build_module(kernel, variant=''):
     """Build (W=1, sparse) for @kernel; return the path of the .ko."""
     short = getattr(kernel, 'short', kernel)
-    out = subprocess.run(['bash', os.path.join(ROOT, 'tests', 'build.sh'), short, variant],
+    out = subprocess.run(['bash', os.path.join(ROOT, 'tests', 'setup', 'build.sh'), short, variant],
                          capture_output=True, text=True)
     assert out.returncode == 0, f'build for {short} failed:\n{out.stderr}'
     return out.stdout.strip().splitlines()[-1]

@@ -44,7 +44,7 @@ def bench_quick():
 @test(per_kernel=False)
 def checkpatch_strict():
     """checkpatch --strict over the module and the selftests."""
-    out = subprocess.run(['bash', os.path.join(ROOT, 'tests', 'lint.sh')],
+    out = subprocess.run(['bash', os.path.join(ROOT, 'tests', 'setup', 'lint.sh')],
                          capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
 

@@ -1,7 +1,7 @@
 """Host-side test library for virtio_balloon_hp: QMP client, QEMU guest with a
 serial shell agent, balloon helper and a small TAP test runner (stdlib only).
 
-Kernels come from .cache/kernels.list, written by tests/setup.sh.
+Kernels come from .cache/kernels.list, written by tests/setup/setup.sh.
 """
 import base64
 import json
@@ -72,7 +72,7 @@ class Kernel:
 def _known_kernels():
     path = os.path.join(CACHE, 'kernels.list')
     if not os.path.exists(path):
-        raise RuntimeError(f'{path} missing: run tests/setup.sh')
+        raise RuntimeError(f'{path} missing: run tests/setup/setup.sh')
     with open(path) as f:
         return {k.short: k for k in (Kernel(*line.split()) for line in f if line.strip())}
 
@@ -81,7 +81,7 @@ def find_kernel(short):
     """The Kernel called short ('6.1', '6.12') in .cache/kernels.list."""
     known = _known_kernels()
     if short not in known:
-        raise RuntimeError(f'kernel {short} not set up: run VBHP_KERNELS={short} tests/setup.sh')
+        raise RuntimeError(f'kernel {short} not set up: run VBHP_KERNELS={short} tests/setup/setup.sh')
     return known[short]
 
 
@@ -91,7 +91,7 @@ def kernels():
     wanted = os.environ.get('VBHP_KERNELS', '').split() or list(known)
     missing = [s for s in wanted if s not in known]
     if missing:
-        raise RuntimeError(f'kernels {missing} not set up: run VBHP_KERNELS="{" ".join(wanted)}" tests/setup.sh')
+        raise RuntimeError(f'kernels {missing} not set up: run VBHP_KERNELS="{" ".join(wanted)}" tests/setup/setup.sh')
     return [known[s] for s in wanted]
 
 
@@ -258,7 +258,7 @@ class Guest:
         self.dir = tempfile.mkdtemp(prefix=f'{self.kernel.short}-', dir=RUN_DIR)
         self.console_path = os.path.join(self.dir, 'console.log')
         initrd = os.path.join(self.dir, 'initramfs.cpio.gz')
-        subprocess.run([os.path.join(TESTS_DIR, 'mkinitramfs.sh'), self.kernel.kver, initrd,
+        subprocess.run([os.path.join(TESTS_DIR, 'setup', 'mkinitramfs.sh'), self.kernel.kver, initrd,
                         *self.files], check=True)
 
         # QEMU connects to our agent socket at startup, so no guest output is lost.

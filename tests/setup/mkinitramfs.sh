@@ -12,9 +12,9 @@ set -euo pipefail
 [[ $# -ge 2 ]] || { echo "usage: $0 KVER OUT.cpio.gz [FILE...]" >&2; exit 2; }
 KVER=$1 OUT=$2
 shift 2
-ROOT=$(cd "$(dirname "$0")/.." && pwd)
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 MODDIR=$ROOT/.cache/kernels/$KVER/lib/modules/$KVER
-[[ -d $MODDIR ]] || { echo "$0: $MODDIR missing: run tests/setup.sh" >&2; exit 1; }
+[[ -d $MODDIR ]] || { echo "$0: $MODDIR missing: run tests/setup/setup.sh" >&2; exit 1; }
 
 STAGE=$(mktemp -d)
 trap 'rm -rf "$STAGE"' EXIT

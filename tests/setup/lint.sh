@@ -4,9 +4,9 @@
 # selftests.  Prints the findings; exits nonzero when there are any.
 set -euo pipefail
 
-ROOT=$(cd "$(dirname "$0")/.." && pwd)
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 CP=$ROOT/.cache/linux-src-6.1/scripts/checkpatch.pl
-[[ -x $CP || -f $CP ]] || { echo "lint: $CP missing (run tests/setup.sh)" >&2; exit 1; }
+[[ -x $CP || -f $CP ]] || { echo "lint: $CP missing (run tests/setup/setup.sh)" >&2; exit 1; }
 cd "$ROOT"
 files=(virtio_balloon_hp.c uapi/linux/virtio_balloon_hp.h
        selftests/virtio_balloon_hp/*.c selftests/virtio_balloon_hp/dma/*.c

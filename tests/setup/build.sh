@@ -3,20 +3,20 @@
 # sparse (C=1), in a copy of the sources under .cache/build/<kver>/ so that
 # builds for several kernels do not overwrite each other.  Any compiler or
 # sparse warning fails the build.  Also builds the static selftests once.
-#   tests/build.sh 6.1        -> .cache/build/<kver>/virtio_balloon_hp.ko
-#   tests/build.sh 6.1 hooks  -> .cache/build/<kver>-hooks/virtio_balloon_hp_hooks.ko
+#   tests/setup/build.sh 6.1        -> .cache/build/<kver>/virtio_balloon_hp.ko
+#   tests/setup/build.sh 6.1 hooks  -> .cache/build/<kver>-hooks/virtio_balloon_hp_hooks.ko
 #                                (VBHP_TEST_HOOKS=y: the test-only debugfs hooks)
-#   tests/build.sh 6.1 floor  -> .cache/build/<kver>-floor/vbhp_floor.ko (bench/floor)
-#   tests/build.sh 6.1 dma    -> .cache/build/<kver>-dma/vbhp_dma.ko
+#   tests/setup/build.sh 6.1 floor  -> .cache/build/<kver>-floor/vbhp_floor.ko (bench/floor)
+#   tests/setup/build.sh 6.1 dma    -> .cache/build/<kver>-dma/vbhp_dma.ko
 #                                (selftests/virtio_balloon_hp/dma: 32-bit DMA allocations)
 set -euo pipefail
 
-ROOT=$(cd "$(dirname "$0")/.." && pwd)
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 CACHE=$ROOT/.cache
-short=${1:?usage: tests/build.sh <kernel short name, e.g. 6.1> [hooks|floor|dma]}
+short=${1:?usage: tests/setup/build.sh <kernel short name, e.g. 6.1> [hooks|floor|dma]}
 variant=${2:-}
 read -r _ kver kdir < <(grep "^$short " "$CACHE/kernels.list") ||
-    { echo "build: kernel $short is not in .cache/kernels.list (run tests/setup.sh)" >&2; exit 1; }
+    { echo "build: kernel $short is not in .cache/kernels.list (run tests/setup/setup.sh)" >&2; exit 1; }
 
 out=$CACHE/build/$kver${variant:+-$variant}
 hooks=()

@@ -5,7 +5,7 @@
 # .cache/kernels.list ("<short> <kver> <headers dir>"), .cache/linux-src-6.1/.
 set -euo pipefail
 
-ROOT=$(cd "$(dirname "$0")/.." && pwd)
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 CACHE=$ROOT/.cache
 KERNELS=${VBHP_KERNELS:-6.1 6.12}
 BPO_SOURCES=/etc/apt/sources.list.d/virtio-balloon-hp-backports.sources
@@ -15,8 +15,8 @@ PACKAGES=(qemu-system-x86 busybox-static gcc make libc6-dev python3 cpio xz-util
           gnuplot-nox)             # make bench's plot
 START=$SECONDS
 LOG_TAG=setup
-# shellcheck source=tests/apt-lib.sh
-source "$ROOT/tests/apt-lib.sh"
+# shellcheck source=tests/setup/apt-lib.sh
+source "$ROOT/tests/setup/apt-lib.sh"
 
 ensure_backports() {
     local want

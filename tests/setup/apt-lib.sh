@@ -1,5 +1,5 @@
 # shellcheck shell=bash
-# Shared by tests/setup.sh and host/build-qemu.sh (sourced, not run).
+# Shared by tests/setup/setup.sh and host/build-qemu.sh (sourced, not run).
 # The caller sets LOG_TAG before sourcing; log/die print with it.
 # apt-get always waits for the dpkg lock: several scripts may install at once.
 APT=(apt-get -o DPkg::Lock::Timeout=900 -y -q)
