@@ -5,7 +5,8 @@
  * Lock order: vbhp_ioc_lock (mutex, the misc device's binding to a
  * balloon), then vbhp->lock (mutex, one balloon operation at a time), then
  * vbhp->stop_lock (spinlock, only around the "stopping" flag and work
- * queueing).  Reclaim (the shrinker) only ever trylocks vbhp->lock.
+ * queueing).  Reclaim (the shrinker) and the OOM notifier only ever
+ * trylock vbhp->lock.
  * Counters in vbhp->stats are atomic and read without locks.
  */
 #ifndef _VBHP_BALLOON_HP_H
@@ -24,7 +25,7 @@
 #include "compat.h"
 #include "uapi/linux/virtio_balloon_hp.h"
 
-#define VBHP_NR_ORDERS		(VBHP_MAX_ORDER + 1)
+#define VBHP_NR_ORDERS		(MAX_PAGE_ORDER + 1)
 
 /*
  * Guest pages and wire frames are the same 4 KiB here.  Larger pages would
@@ -179,7 +180,8 @@ struct vbhp_xfer {
  * @lock: serialises balloon operations (inflate, deflate, teardown); taken
  *	first, before @stop_lock.
  * @stop_lock: protects @stopping against the config-change callback.
- * @stopping: set on remove; no work is queued after it.
+ * @stopping: set by remove and freeze (vbhp_dev_stop()); no work is
+ *	queued while it is set.
  * @work: the balloon worker, moves the balloon toward the host's target.
  * @acked: woken by the virtqueue callbacks when the host returns a buffer.
  * @xfer: the inflate and deflate pipelines.

@@ -183,11 +183,11 @@ static void vbhp_blk_set_offline(struct page *page, unsigned int order,
 /*
  * Blocks of a pageblock or more are unmovable allocations: they take whole
  * pageblocks and mix with nothing.  Smaller (fallback) blocks use the
- * movable migratetype, without __GFP_HIGHMEM so never from ZONE_MOVABLE.
- * As unmovable allocations they would steal and convert the movable
- * pageblocks of a fragmented guest, which compaction then no longer uses:
- * a test guest failed order-1 allocations with 160 MiB free.  They cannot
- * migrate (yet); compaction steps over them.
+ * movable migratetype, without __GFP_HIGHMEM so never from ZONE_MOVABLE:
+ * as unmovable allocations they would steal and convert the movable
+ * pageblocks of a fragmented guest, which compaction then no longer uses,
+ * and the guest's own small allocations would start failing with memory
+ * free.  They cannot migrate (yet); compaction steps over them.
  */
 static gfp_t vbhp_blk_gfp(unsigned int order)
 {
@@ -327,7 +327,7 @@ static struct page *vbhp_blk_pick(struct vbhp *vb, unsigned long frames)
 
 /* ---- the host's config: target and actual ---- */
 
-static unsigned long vbhp_target(struct vbhp *vb)
+static unsigned long vbhp_cfg_target(struct vbhp *vb)
 {
 	u32 num_pages;
 
@@ -336,7 +336,7 @@ static unsigned long vbhp_target(struct vbhp *vb)
 	return num_pages;
 }
 
-static void vbhp_update_actual(struct vbhp *vb)
+static void vbhp_cfg_update_actual(struct vbhp *vb)
 {
 	u32 actual = vb->num_pages;
 
@@ -385,7 +385,7 @@ static void vbhp_xfer_retire(struct vbhp *vb, struct vbhp_xfer *x)
 	/* Let the host watch long rounds progress. */
 	if (max(vb->num_pages, vb->reported) - min(vb->num_pages, vb->reported) >=
 	    VBHP_ACTUAL_STEP)
-		vbhp_update_actual(vb);
+		vbhp_cfg_update_actual(vb);
 }
 
 /* Wait until at least one more buffer in flight has been retired. */
@@ -475,7 +475,8 @@ static void vbhp_xfer_flush(struct vbhp *vb, bool inflate)
 	}
 }
 
-static int vbhp_xfer_init(struct vbhp *vb, enum vbhp_xfer_id id)
+/* Set up the pipeline of one queue; no ring for a queue not negotiated. */
+static int vbhp_xfer_setup(struct vbhp *vb, enum vbhp_xfer_id id)
 {
 	struct vbhp_xfer *x = &vb->xfer[id];
 	unsigned int i;
@@ -494,6 +495,14 @@ static int vbhp_xfer_init(struct vbhp *vb, enum vbhp_xfer_id id)
 	for (i = 0; i < x->nr_slots; i++)
 		INIT_LIST_HEAD(&x->ring[i].blocks);
 	return 0;
+}
+
+/* Virtqueue callback: the host returned an inflate or deflate buffer. */
+static void vbhp_xfer_done(struct virtqueue *vq)
+{
+	struct vbhp *vb = vq->vdev->priv;
+
+	wake_up(&vb->acked);
 }
 
 /* ---- the balloon: inflate and deflate toward the host's target ---- */
@@ -674,7 +683,7 @@ static unsigned long vbhp_od_deflate(struct vbhp *vb,
 		vbhp_xfer_add(vb, page, false);
 	}
 	vbhp_xfer_flush(vb, false);
-	vbhp_update_actual(vb);
+	vbhp_cfg_update_actual(vb);
 	vb->od_hold = true;
 	vb->od_hold_gen = gen;
 	vbhp_od_count(vb, req->trigger, queued, below_4g);
@@ -711,7 +720,7 @@ static bool vbhp_od_direct_reclaim(void)
 static unsigned long vbhp_od_shrink_count(struct shrinker *shrinker,
 					  struct shrink_control *sc)
 {
-	struct vbhp *vb = vbhp_compat_shrinker_priv(shrinker);
+	struct vbhp *vb = vbhp_shrinker_private(shrinker);
 
 	if (!vbhp_od_direct_reclaim() || READ_ONCE(vb->test_no_shrinker))
 		return 0;
@@ -721,7 +730,7 @@ static unsigned long vbhp_od_shrink_count(struct shrinker *shrinker,
 static unsigned long vbhp_od_shrink_scan(struct shrinker *shrinker,
 					 struct shrink_control *sc)
 {
-	struct vbhp *vb = vbhp_compat_shrinker_priv(shrinker);
+	struct vbhp *vb = vbhp_shrinker_private(shrinker);
 	struct vbhp_od_req req = {
 		.trigger = VBHP_OD_SHRINKER,
 		.frames = sc->nr_to_scan,
@@ -738,10 +747,9 @@ static unsigned long vbhp_od_shrink_scan(struct shrinker *shrinker,
 	 * Tell reclaim the pages are back in the allocator, so it stops once
 	 * it has enough, and end this scan loop: at a low priority, or with
 	 * work deferred from a contended call, reclaim would otherwise keep
-	 * calling and drain the whole balloon for one allocation (seen: all
-	 * 1.8 GiB given back to an allocation short of 256 MiB).
+	 * calling and drain the whole balloon for one allocation.
 	 */
-	vbhp_compat_account_reclaimed(freed);
+	mm_account_reclaimed_pages(freed);
 	return SHRINK_STOP;
 }
 
@@ -781,11 +789,47 @@ static void vbhp_od_update_hold(struct vbhp *vb)
 		vb->od_hold = false;
 }
 
+/* The shrinker and the OOM notifier, with DEFLATE_ON_OOM only. */
+static int vbhp_od_init(struct vbhp *vb)
+{
+	int err;
+
+	if (!vb->deflate_on_oom)
+		return 0;
+	vb->shrinker = shrinker_alloc(0, "%s", KBUILD_MODNAME);
+	if (!vb->shrinker)
+		return -ENOMEM;
+	vb->shrinker->count_objects = vbhp_od_shrink_count;
+	vb->shrinker->scan_objects = vbhp_od_shrink_scan;
+	vb->shrinker->seeks = DEFAULT_SEEKS;
+	vbhp_shrinker_set_private(vb->shrinker, vb);
+	shrinker_register(vb->shrinker);
+	vb->oom_nb.notifier_call = vbhp_od_oom_notify;
+	err = register_oom_notifier(&vb->oom_nb);
+	if (err)
+		goto out_free_shrinker;
+	return 0;
+
+out_free_shrinker:
+	shrinker_free(vb->shrinker);
+	return err;
+}
+
+static void vbhp_od_exit(struct vbhp *vb)
+{
+	if (!vb->deflate_on_oom)
+		return;
+	unregister_oom_notifier(&vb->oom_nb);
+	shrinker_free(vb->shrinker);
+}
+
+/* ---- the worker: one round at a time toward the target ---- */
+
 /*
  * Run the worker after @delay; an immediate request overrides a pending
  * retry, a retry never postpones a pending immediate run.
  */
-static void vbhp_queue_work(struct vbhp *vb, unsigned long delay)
+static void vbhp_work_queue(struct vbhp *vb, unsigned long delay)
 {
 	unsigned long flags;
 
@@ -807,7 +851,7 @@ static void vbhp_work_fn(struct work_struct *work)
 
 	mutex_lock(&vb->lock);
 	vbhp_od_update_hold(vb);
-	target = vbhp_target(vb);
+	target = vbhp_cfg_target(vb);
 	if (target > vb->num_pages && !vb->od_hold) {
 		want = target - vb->num_pages;
 		WRITE_ONCE(vb->od_abort, false);
@@ -829,11 +873,11 @@ static void vbhp_work_fn(struct work_struct *work)
 		if (vb->num_pages > target)
 			delay = 0;
 	}
-	vbhp_update_actual(vb);
+	vbhp_cfg_update_actual(vb);
 	mutex_unlock(&vb->lock);
 
 	if (delay >= 0)
-		vbhp_queue_work(vb, delay);
+		vbhp_work_queue(vb, delay);
 }
 
 /* ---- statistics queue (VIRTIO_BALLOON_F_STATS_VQ) ---- */
@@ -1032,7 +1076,7 @@ static long vbhp_ioc_stats(struct vbhp *vb, void __user *uarg)
 	st.size = sizeof(st);
 	mutex_lock(&vb->lock);
 	st.block_order = vb->max_order;
-	st.target_bytes = (u64)vbhp_target(vb) << PAGE_SHIFT;
+	st.target_bytes = (u64)vbhp_cfg_target(vb) << PAGE_SHIFT;
 	st.current_bytes = (u64)vb->num_pages << PAGE_SHIFT;
 	for (order = 0; order < VBHP_NR_ORDERS; order++)
 		st.held_blocks[order] = vb->nr_blocks[order];
@@ -1098,39 +1142,6 @@ static void vbhp_ioc_unbind(struct vbhp *vb)
 	mutex_unlock(&vbhp_ioc_lock);
 }
 
-/* The on-demand paths that exist only with DEFLATE_ON_OOM, and the ioctls. */
-static int vbhp_od_init(struct vbhp *vb)
-{
-	int err;
-
-	if (vb->deflate_on_oom) {
-		vb->shrinker = vbhp_compat_shrinker_create(vbhp_od_shrink_count,
-							   vbhp_od_shrink_scan,
-							   vb, KBUILD_MODNAME);
-		if (!vb->shrinker)
-			return -ENOMEM;
-		vb->oom_nb.notifier_call = vbhp_od_oom_notify;
-		err = register_oom_notifier(&vb->oom_nb);
-		if (err)
-			goto out_destroy_shrinker;
-	}
-	vbhp_ioc_bind(vb);
-	return 0;
-
-out_destroy_shrinker:
-	vbhp_compat_shrinker_destroy(vb->shrinker);
-	return err;
-}
-
-static void vbhp_od_exit(struct vbhp *vb)
-{
-	vbhp_ioc_unbind(vb);
-	if (vb->deflate_on_oom) {
-		unregister_oom_notifier(&vb->oom_nb);
-		vbhp_compat_shrinker_destroy(vb->shrinker);
-	}
-}
-
 /* ---- debugfs ---- */
 
 #ifdef CONFIG_DEBUG_FS
@@ -1168,7 +1179,7 @@ static int vbhp_dbg_stats_show(struct seq_file *f, void *unused)
 	struct vbhp_xfer *x;
 	unsigned int i, s;
 
-	seq_printf(f, "target: %lu\n", vbhp_target(vb));
+	seq_printf(f, "target: %lu\n", vbhp_cfg_target(vb));
 	seq_printf(f, "current: %lu\n", READ_ONCE(vb->num_pages));
 	seq_printf(f, "page_order: %u\n", vb->max_order);
 	seq_printf(f, "hp_order: %u\n", vb->hp_order);
@@ -1319,13 +1330,6 @@ static inline void vbhp_dbg_exit(struct vbhp *vb)
 
 /* ---- virtio device: probe and remove ---- */
 
-static void vbhp_xfer_acked(struct virtqueue *vq)
-{
-	struct vbhp *vb = vq->vdev->priv;
-
-	wake_up(&vb->acked);
-}
-
 /*
  * Queues in device order; a NULL name skips a queue whose feature is not
  * negotiated, so the hp queues follow the last negotiated one.
@@ -1339,23 +1343,25 @@ enum {
 	VBHP_VQ_NUM,
 };
 
-static int vbhp_init_vqs(struct vbhp *vb)
+static int vbhp_dev_find_vqs(struct vbhp *vb)
 {
-	vq_callback_t *callbacks[VBHP_VQ_NUM] = {
-		vbhp_xfer_acked, vbhp_xfer_acked, vbhp_stats_request,
-		vbhp_xfer_acked, vbhp_xfer_acked };
-	const char *names[VBHP_VQ_NUM] = { "inflate", "deflate" };
+	struct virtqueue_info info[VBHP_VQ_NUM] = {
+		[VBHP_VQ_INFLATE] = { "inflate", vbhp_xfer_done },
+		[VBHP_VQ_DEFLATE] = { "deflate", vbhp_xfer_done },
+	};
 	struct virtqueue *vqs[VBHP_VQ_NUM] = {};
 	int err;
 
 	if (virtio_has_feature(vb->vdev, VIRTIO_BALLOON_F_STATS_VQ))
-		names[VBHP_VQ_STATS] = "stats";
+		info[VBHP_VQ_STATS] =
+			(struct virtqueue_info){ "stats", vbhp_stats_request };
 	if (vb->hp_order) {
-		names[VBHP_VQ_HP_INFLATE] = "hp_inflate";
-		names[VBHP_VQ_HP_DEFLATE] = "hp_deflate";
+		info[VBHP_VQ_HP_INFLATE] =
+			(struct virtqueue_info){ "hp_inflate", vbhp_xfer_done };
+		info[VBHP_VQ_HP_DEFLATE] =
+			(struct virtqueue_info){ "hp_deflate", vbhp_xfer_done };
 	}
-	err = vbhp_compat_find_vqs(vb->vdev, VBHP_VQ_NUM, vqs, callbacks,
-				   names);
+	err = virtio_find_vqs(vb->vdev, VBHP_VQ_NUM, vqs, info, NULL);
 	if (err)
 		return err;
 	vb->xfer[VBHP_XFER_INFLATE].vq = vqs[VBHP_VQ_INFLATE];
@@ -1366,7 +1372,18 @@ static int vbhp_init_vqs(struct vbhp *vb)
 	return 0;
 }
 
-static void vbhp_free_xfers(struct vbhp *vb)
+/* Delete the virtqueues and forget every pointer to them. */
+static void vbhp_dev_del_vqs(struct vbhp *vb)
+{
+	unsigned int i;
+
+	vb->vdev->config->del_vqs(vb->vdev);
+	for (i = 0; i < VBHP_XFER_NUM; i++)
+		vb->xfer[i].vq = NULL;
+	vb->stats_vq = NULL;
+}
+
+static void vbhp_dev_free_xfers(struct vbhp *vb)
 {
 	unsigned int i;
 
@@ -1376,25 +1393,25 @@ static void vbhp_free_xfers(struct vbhp *vb)
 	}
 }
 
-static int vbhp_init_xfers(struct vbhp *vb)
+static int vbhp_dev_alloc_xfers(struct vbhp *vb)
 {
 	unsigned int i;
 	int err;
 
 	for (i = 0; i < VBHP_XFER_NUM; i++) {
-		err = vbhp_xfer_init(vb, i);
+		err = vbhp_xfer_setup(vb, i);
 		if (err)
-			goto out_free_rings;
+			goto out_free_xfers;
 	}
 	return 0;
 
-out_free_rings:
-	vbhp_free_xfers(vb);
+out_free_xfers:
+	vbhp_dev_free_xfers(vb);
 	return err;
 }
 
 /* Memory inflation leaves available: reserve_mb, or 1/32 of RAM. */
-static unsigned long vbhp_reserve_pages(void)
+static unsigned long vbhp_dev_reserve_pages(void)
 {
 	unsigned long pages;
 
@@ -1405,7 +1422,42 @@ static unsigned long vbhp_reserve_pages(void)
 		     1024UL << (20 - PAGE_SHIFT));
 }
 
-static void vbhp_init_state(struct vbhp *vb, struct virtio_device *vdev)
+/* The host's hp block order; 0 when this guest cannot use it. */
+static u32 vbhp_dev_hp_order(struct virtio_device *vdev)
+{
+	u32 order;
+
+	virtio_cread_le(vdev, struct virtio_balloon_hp_config, hp_block_order,
+			&order);
+	return order >= 1 && order <= page_order ? order : 0;
+}
+
+/*
+ * Negotiated features that size the device; read once here, so a host
+ * that changes hp_block_order after vbhp_validate() cannot change the
+ * order the queues and the block lists were set up for.
+ */
+static int vbhp_dev_init_features(struct vbhp *vb)
+{
+	struct virtio_device *vdev = vb->vdev;
+
+	vb->max_order = page_order;
+	if (virtio_has_feature(vdev, VIRTIO_BALLOON_F_HP_BLOCKS)) {
+		vb->hp_order = vbhp_dev_hp_order(vdev);
+		if (!vb->hp_order) {
+			dev_err(&vdev->dev, "hp_block_order changed after feature negotiation\n");
+			return -EINVAL;
+		}
+		vb->max_order = vb->hp_order;
+	}
+	/* As upstream: with DEFLATE_ON_OOM ballooned memory stays in MemTotal. */
+	vb->deflate_on_oom = virtio_has_feature(vdev,
+						VIRTIO_BALLOON_F_DEFLATE_ON_OOM);
+	vb->adjust_managed = !vb->deflate_on_oom;
+	return 0;
+}
+
+static void vbhp_dev_init_state(struct vbhp *vb, struct virtio_device *vdev)
 {
 	unsigned int order;
 
@@ -1417,27 +1469,12 @@ static void vbhp_init_state(struct vbhp *vb, struct virtio_device *vdev)
 	init_waitqueue_head(&vb->acked);
 	for (order = 0; order < VBHP_NR_ORDERS; order++)
 		INIT_LIST_HEAD(&vb->blocks[order]);
-	vb->max_order = page_order;
-	if (virtio_has_feature(vdev, VIRTIO_BALLOON_F_HP_BLOCKS)) {
-		/* vbhp_validate() made sure 1 <= hp_block_order <= page_order */
-		virtio_cread_le(vdev, struct virtio_balloon_hp_config,
-				hp_block_order, &vb->hp_order);
-		vb->max_order = vb->hp_order;
-	}
-	vb->alloc_order = vb->max_order;
-	vb->round_frames = max(VBHP_ROUND_FRAMES,
-			       (unsigned long)VIRTIO_BALLOON_HP_PFNS_PER_BUF <<
-			       vb->hp_order);
-	vb->reserve_pages = vbhp_reserve_pages();
-	/* As upstream: with DEFLATE_ON_OOM ballooned memory stays in MemTotal. */
-	vb->deflate_on_oom = virtio_has_feature(vdev,
-						VIRTIO_BALLOON_F_DEFLATE_ON_OOM);
-	vb->adjust_managed = !vb->deflate_on_oom;
+	vb->reserve_pages = vbhp_dev_reserve_pages();
 	atomic_set(&vb->config_gen, 0);
 }
 
-/* Hand the host the stats buffer and let the workers run. */
-static void vbhp_start(struct vbhp *vb)
+/* Let the workers run and hand the host the stats buffer. */
+static void vbhp_dev_start(struct vbhp *vb)
 {
 	mutex_lock(&vb->lock);
 	vb->ready = true;
@@ -1445,22 +1482,61 @@ static void vbhp_start(struct vbhp *vb)
 	vb->od_hold = false;
 	WRITE_ONCE(vb->od_abort, false);
 	mutex_unlock(&vb->lock);
-	if (vb->stats_vq)
-		vbhp_stats_push(vb);
+	/* Before the push: a quick host reply must not find us stopping. */
 	spin_lock_irq(&vb->stop_lock);
 	vb->stopping = false;
 	spin_unlock_irq(&vb->stop_lock);
-	vbhp_queue_work(vb, 0);
+	if (vb->stats_vq)
+		vbhp_stats_push(vb);
+	vbhp_work_queue(vb, 0);
 }
 
-/* Stop the workers: nothing is queued after this until vbhp_start(). */
-static void vbhp_stop(struct vbhp *vb)
+/* Stop the workers: nothing is queued after this until vbhp_dev_start(). */
+static void vbhp_dev_stop(struct vbhp *vb)
 {
 	spin_lock_irq(&vb->stop_lock);
 	vb->stopping = true;
 	spin_unlock_irq(&vb->stop_lock);
 	cancel_delayed_work_sync(&vb->work);
 	cancel_work_sync(&vb->stats_work);
+}
+
+/* Queues, buffers, device ready: what probe and restore share. */
+static int vbhp_dev_setup(struct vbhp *vb)
+{
+	int err;
+
+	err = vbhp_dev_find_vqs(vb);
+	if (err)
+		return err;
+	err = vbhp_dev_alloc_xfers(vb);
+	if (err)
+		goto out_del_vqs;
+	virtio_device_ready(vb->vdev);
+	return 0;
+
+out_del_vqs:
+	vbhp_dev_del_vqs(vb);
+	return err;
+}
+
+/*
+ * Every block goes back through the host, then the device is reset.  Does
+ * nothing without queues (a restore that failed left none).
+ */
+static void vbhp_dev_teardown(struct vbhp *vb)
+{
+	if (!vb->xfer[VBHP_XFER_INFLATE].vq)
+		return;
+	mutex_lock(&vb->lock);
+	vbhp_deflate(vb, vb->num_pages, ULONG_MAX);
+	vbhp_cfg_update_actual(vb);
+	vb->ready = false;
+	mutex_unlock(&vb->lock);
+
+	virtio_reset_device(vb->vdev);
+	vbhp_dev_free_xfers(vb);
+	vbhp_dev_del_vqs(vb);
 }
 
 static int vbhp_probe(struct virtio_device *vdev)
@@ -1472,22 +1548,22 @@ static int vbhp_probe(struct virtio_device *vdev)
 	if (!vb)
 		return -ENOMEM;
 	vdev->priv = vb;
-	vbhp_init_state(vb, vdev);
-
-	err = vbhp_init_vqs(vb);
+	vbhp_dev_init_state(vb, vdev);
+	err = vbhp_dev_init_features(vb);
 	if (err)
 		goto out_free_vb;
-	err = vbhp_init_xfers(vb);
+	vb->round_frames = max(VBHP_ROUND_FRAMES,
+			       (unsigned long)VIRTIO_BALLOON_HP_PFNS_PER_BUF <<
+			       vb->hp_order);
+	err = vbhp_dev_setup(vb);
 	if (err)
-		goto out_del_vqs;
-
+		goto out_free_vb;
 	err = vbhp_od_init(vb);
 	if (err)
-		goto out_free_xfers;
-
-	virtio_device_ready(vdev);
+		goto out_teardown;
+	vbhp_ioc_bind(vb);
 	vbhp_dbg_init(vb);
-	vbhp_start(vb);
+	vbhp_dev_start(vb);
 	dev_info(&vdev->dev, "blocks of order %u, %s, %u buffers in flight, reserve %lu MiB%s\n",
 		 vb->max_order,
 		 vb->hp_order ? "one frame number per block" : "4 KiB frames",
@@ -1496,37 +1572,22 @@ static int vbhp_probe(struct virtio_device *vdev)
 		 vb->deflate_on_oom ? ", deflate on demand" : "");
 	return 0;
 
-out_free_xfers:
-	vbhp_free_xfers(vb);
-out_del_vqs:
-	vdev->config->del_vqs(vdev);
+out_teardown:
+	vbhp_dev_teardown(vb);
 out_free_vb:
 	kfree(vb);
 	return err;
-}
-
-/* Every block goes back through the host, then the device is reset. */
-static void vbhp_teardown(struct vbhp *vb)
-{
-	mutex_lock(&vb->lock);
-	vbhp_deflate(vb, vb->num_pages, ULONG_MAX);
-	vbhp_update_actual(vb);
-	vb->ready = false;
-	mutex_unlock(&vb->lock);
-
-	virtio_reset_device(vb->vdev);
-	vbhp_free_xfers(vb);
-	vb->vdev->config->del_vqs(vb->vdev);
 }
 
 static void vbhp_remove(struct virtio_device *vdev)
 {
 	struct vbhp *vb = vdev->priv;
 
-	vbhp_stop(vb);
+	vbhp_dev_stop(vb);
 	vbhp_dbg_exit(vb);
+	vbhp_ioc_unbind(vb);
 	vbhp_od_exit(vb);
-	vbhp_teardown(vb);
+	vbhp_dev_teardown(vb);
 	kfree(vb);
 }
 
@@ -1539,31 +1600,36 @@ static int vbhp_freeze(struct virtio_device *vdev)
 {
 	struct vbhp *vb = vdev->priv;
 
-	vbhp_stop(vb);
-	vbhp_teardown(vb);
+	vbhp_dev_stop(vb);
+	vbhp_dev_teardown(vb);
 	return 0;
 }
 
+/*
+ * A failed restore leaves the device without queues and the balloon empty
+ * (freeze emptied it); remove() then has nothing to give back.
+ */
 static int vbhp_restore(struct virtio_device *vdev)
 {
 	struct vbhp *vb = vdev->priv;
 	int err;
 
-	err = vbhp_init_vqs(vb);
+	err = vbhp_dev_setup(vb);
 	if (err)
 		return err;
-	err = vbhp_init_xfers(vb);
-	if (err)
-		goto out_del_vqs;
-	virtio_device_ready(vdev);
-	vbhp_start(vb);
+	vbhp_dev_start(vb);
 	return 0;
-
-out_del_vqs:
-	vdev->config->del_vqs(vdev);
-	return err;
 }
 #endif
+
+/* Whether the host offers a feature, negotiated by this driver or not. */
+static bool vbhp_offered(struct virtio_device *vdev, unsigned int bit)
+{
+	u64 features[VIRTIO_FEATURES_U64S] = {};
+
+	virtio_get_features(vdev, features);
+	return virtio_features_test_bit(features, bit);
+}
 
 /*
  * Before features are final: huge blocks are usable only if the host's
@@ -1571,9 +1637,6 @@ out_del_vqs:
  */
 static int vbhp_validate(struct virtio_device *vdev)
 {
-	u64 offered;
-	u32 order;
-
 	if (!vdev->config->get) {
 		dev_err(&vdev->dev, "config space is not readable\n");
 		return -EINVAL;
@@ -1585,18 +1648,15 @@ static int vbhp_validate(struct virtio_device *vdev)
 	 * queues after free-page-hint/reporting queues this driver does not
 	 * create: use 4 KiB frames rather than disagree about the queues.
 	 */
-	offered = vdev->config->get_features(vdev);
-	if (offered & (BIT_ULL(VIRTIO_BALLOON_F_FREE_PAGE_HINT) |
-		       BIT_ULL(VIRTIO_BALLOON_F_REPORTING))) {
+	if (vbhp_offered(vdev, VIRTIO_BALLOON_F_FREE_PAGE_HINT) ||
+	    vbhp_offered(vdev, VIRTIO_BALLOON_F_REPORTING)) {
 		dev_info(&vdev->dev, "host offers queues this driver does not use: sending 4 KiB frames\n");
 		__virtio_clear_bit(vdev, VIRTIO_BALLOON_F_HP_BLOCKS);
 		return 0;
 	}
-	virtio_cread_le(vdev, struct virtio_balloon_hp_config, hp_block_order,
-			&order);
-	if (!order || order > page_order) {
-		dev_info(&vdev->dev, "host block order %u unusable with page_order=%u: sending 4 KiB frames\n",
-			 order, page_order);
+	if (!vbhp_dev_hp_order(vdev)) {
+		dev_info(&vdev->dev, "host block order unusable with page_order=%u: sending 4 KiB frames\n",
+			 page_order);
 		__virtio_clear_bit(vdev, VIRTIO_BALLOON_F_HP_BLOCKS);
 	}
 	return 0;
@@ -1608,7 +1668,7 @@ static void vbhp_config_changed(struct virtio_device *vdev)
 	struct vbhp *vb = vdev->priv;
 
 	atomic_inc(&vb->config_gen);
-	vbhp_queue_work(vb, 0);
+	vbhp_work_queue(vb, 0);
 }
 
 static unsigned int vbhp_features[] = {
@@ -1643,9 +1703,9 @@ static int __init vbhp_init(void)
 {
 	int err;
 
-	if (page_order > VBHP_MAX_ORDER) {
+	if (page_order > MAX_PAGE_ORDER) {
 		pr_err("page_order=%u is invalid: valid range is 0..%u\n",
-		       page_order, VBHP_MAX_ORDER);
+		       page_order, MAX_PAGE_ORDER);
 		return -EINVAL;
 	}
 	if (!max_inflight || max_inflight > VBHP_MAX_INFLIGHT) {
