@@ -65,6 +65,7 @@
 #include <linux/delay.h>
 #include <linux/gfp.h>
 #include <linux/kernel.h>
+#include <linux/lockdep.h>
 #include <linux/log2.h>
 #include <linux/miscdevice.h>
 #include <linux/mm.h>
@@ -235,6 +236,7 @@ static void vbhp_blk_hold(struct vbhp *vb, struct page *page)
 {
 	unsigned int order = page_private(page);
 
+	lockdep_assert_held(&vb->lock);
 	list_add(&page->lru, &vb->blocks[order]);
 	WRITE_ONCE(vb->nr_blocks[order], vb->nr_blocks[order] + 1);
 }
@@ -243,6 +245,7 @@ static void vbhp_blk_unhold(struct vbhp *vb, struct page *page)
 {
 	unsigned int order = page_private(page);
 
+	lockdep_assert_held(&vb->lock);
 	list_del(&page->lru);
 	WRITE_ONCE(vb->nr_blocks[order], vb->nr_blocks[order] - 1);
 }
@@ -252,6 +255,7 @@ static void vbhp_blk_hold_list(struct vbhp *vb, struct list_head *list)
 {
 	struct page *page, *next;
 
+	lockdep_assert_held(&vb->lock);
 	list_for_each_entry_safe(page, next, list, lru) {
 		list_del(&page->lru);
 		vbhp_blk_hold(vb, page);
@@ -269,6 +273,7 @@ static void vbhp_blk_release_list(struct vbhp *vb, struct list_head *list)
 {
 	struct page *page, *next;
 
+	lockdep_assert_held(&vb->lock);
 	list_for_each_entry_safe(page, next, list, lru) {
 		list_del(&page->lru);
 		vb->num_pages -= vbhp_order_frames(page_private(page));
@@ -340,6 +345,7 @@ static void vbhp_cfg_update_actual(struct vbhp *vb)
 {
 	u32 actual = vb->num_pages;
 
+	lockdep_assert_held(&vb->lock);
 	virtio_cwrite_le(vb->vdev, struct virtio_balloon_config, actual,
 			 &actual);
 	vb->reported = vb->num_pages;
@@ -371,6 +377,7 @@ static void vbhp_xfer_retire(struct vbhp *vb, struct vbhp_xfer *x)
 {
 	struct vbhp_buf *buf;
 
+	lockdep_assert_held(&vb->lock);
 	while (x->inflight && x->ring[x->head].acked) {
 		buf = &x->ring[x->head];
 		if (x->inflate)
@@ -406,6 +413,7 @@ static void vbhp_xfer_send(struct vbhp *vb, struct vbhp_xfer *x)
 	struct scatterlist sg;
 	int err;
 
+	lockdep_assert_held(&vb->lock);
 	if (!buf->nr_pfns)
 		return;
 	sg_init_one(&sg, buf->pfns, buf->nr_pfns * sizeof(buf->pfns[0]));
@@ -442,6 +450,7 @@ static void vbhp_xfer_add(struct vbhp *vb, struct page *page, bool inflate)
 	struct vbhp_buf *buf = vbhp_xfer_cur(x);
 	unsigned long i;
 
+	lockdep_assert_held(&vb->lock);
 	for (i = 0; i < frames; i += 1UL << x->pfn_order) {
 		if (buf->nr_pfns == VIRTIO_BALLOON_HP_PFNS_PER_BUF) {
 			vbhp_xfer_send(vb, x);
@@ -463,6 +472,7 @@ static void vbhp_xfer_flush(struct vbhp *vb, bool inflate)
 	struct vbhp_xfer *x;
 	unsigned int i;
 
+	lockdep_assert_held(&vb->lock);
 	for (i = 0; i < VBHP_XFER_NUM; i++) {
 		x = &vb->xfer[i];
 		if (x->vq && x->inflate == inflate)
@@ -546,6 +556,7 @@ static unsigned long vbhp_inflate(struct vbhp *vb, unsigned long frames)
 	unsigned int noio;
 	struct page *page;
 
+	lockdep_assert_held(&vb->lock);
 	/*
 	 * No I/O or filesystem reclaim on behalf of the balloon while it holds
 	 * vb->lock: such reclaim can wait on tasks that wait on the lock.
@@ -576,6 +587,7 @@ static void vbhp_deflate(struct vbhp *vb, unsigned long frames,
 	unsigned long queued = 0;
 	struct page *page;
 
+	lockdep_assert_held(&vb->lock);
 	while (queued < min(frames, budget)) {
 		page = vbhp_blk_pick(vb, frames - queued);
 		if (!page)
@@ -621,6 +633,7 @@ static unsigned long vbhp_od_take(struct vbhp *vb,
 	struct page *page, *next;
 	unsigned int order;
 
+	lockdep_assert_held(&vb->lock);
 	for (order = 0; order < VBHP_NR_ORDERS; order++) {
 		list_for_each_entry_safe(page, next, &vb->blocks[order], lru) {
 			if (frames >= req->frames)
@@ -642,6 +655,7 @@ static unsigned long vbhp_od_held(struct vbhp *vb, const struct vbhp_od_req *req
 	struct page *page;
 	unsigned int order;
 
+	lockdep_assert_held(&vb->lock);
 	for (order = 0; order < VBHP_NR_ORDERS; order++)
 		list_for_each_entry(page, &vb->blocks[order], lru)
 			if (vbhp_od_fits(page, req))
@@ -670,6 +684,7 @@ static unsigned long vbhp_od_deflate(struct vbhp *vb,
 	struct page *page, *next;
 	LIST_HEAD(taken);
 
+	lockdep_assert_held(&vb->lock);
 	if (!vb->ready || !vb->deflate_on_oom)
 		return 0;
 	queued = vbhp_od_take(vb, req, &taken);
@@ -785,6 +800,8 @@ static int vbhp_od_oom_notify(struct notifier_block *nb, unsigned long unused,
 /* Called by the worker under vb->lock: the host wrote a target since. */
 static void vbhp_od_update_hold(struct vbhp *vb)
 {
+	lockdep_assert_held(&vb->lock);
+
 	if (vb->od_hold && atomic_read(&vb->config_gen) != vb->od_hold_gen)
 		vb->od_hold = false;
 }
