@@ -1031,15 +1031,13 @@ static int vbhp_ioc_deflate_req(struct vbhp *vb,
 	return 0;
 }
 
-static long vbhp_ioc_deflate(struct vbhp *vb, void __user *uarg)
+static long vbhp_ioc_deflate(struct vbhp *vb,
+			     struct virtio_balloon_hp_deflate *arg)
 {
-	struct virtio_balloon_hp_deflate arg;
 	struct vbhp_od_req req;
 	int err;
 
-	err = vbhp_ioc_copy_in(&arg, sizeof(arg), uarg);
-	if (!err)
-		err = vbhp_ioc_deflate_req(vb, &arg, &req);
+	err = vbhp_ioc_deflate_req(vb, arg, &req);
 	if (err)
 		return err;
 	/* An explicit request beats an inflate round in progress. */
@@ -1053,9 +1051,9 @@ static long vbhp_ioc_deflate(struct vbhp *vb, void __user *uarg)
 	else if (vbhp_od_held(vb, &req) < req.frames)
 		err = -ENOSPC;
 	else
-		arg.deflated = (u64)vbhp_od_deflate(vb, &req) << PAGE_SHIFT;
+		arg->deflated = (u64)vbhp_od_deflate(vb, &req) << PAGE_SHIFT;
 	mutex_unlock(&vb->lock);
-	return err ?: vbhp_ioc_copy_out(uarg, &arg, sizeof(arg));
+	return err;
 }
 
 static u64 vbhp_ioc_bytes(atomic64_t *pages)
@@ -1078,55 +1076,63 @@ static void vbhp_ioc_fill_od(struct vbhp *vb,
 		vbhp_ioc_bytes(&vb->stats[VBHP_STAT_OD_BELOW_4G]);
 }
 
-static long vbhp_ioc_stats(struct vbhp *vb, void __user *uarg)
+static long vbhp_ioc_stats(struct vbhp *vb, struct virtio_balloon_hp_stats *st)
 {
-	struct virtio_balloon_hp_stats st;
 	unsigned int order;
-	int err;
 
 	BUILD_BUG_ON(VBHP_NR_ORDERS > VIRTIO_BALLOON_HP_ORDERS);
 	BUILD_BUG_ON(VBHP_OD_NUM > VIRTIO_BALLOON_HP_OD_NUM);
-	err = vbhp_ioc_copy_in(&st, sizeof(st), uarg);
-	if (err)
-		return err;
-	memset(&st, 0, sizeof(st));
-	st.size = sizeof(st);
+	memset(st, 0, sizeof(*st));
+	st->size = sizeof(*st);
 	mutex_lock(&vb->lock);
-	st.block_order = vb->max_order;
-	st.target_bytes = (u64)vbhp_cfg_target(vb) << PAGE_SHIFT;
-	st.current_bytes = (u64)vb->num_pages << PAGE_SHIFT;
+	st->block_order = vb->max_order;
+	st->target_bytes = (u64)vbhp_cfg_target(vb) << PAGE_SHIFT;
+	st->current_bytes = (u64)vb->num_pages << PAGE_SHIFT;
 	for (order = 0; order < VBHP_NR_ORDERS; order++)
-		st.held_blocks[order] = vb->nr_blocks[order];
-	st.deflate_on_oom = vb->deflate_on_oom;
-	st.hold = vb->od_hold;
+		st->held_blocks[order] = vb->nr_blocks[order];
+	st->deflate_on_oom = vb->deflate_on_oom;
+	st->hold = vb->od_hold;
 	mutex_unlock(&vb->lock);
-	vbhp_ioc_fill_od(vb, &st);
-	return vbhp_ioc_copy_out(uarg, &st, sizeof(st));
+	vbhp_ioc_fill_od(vb, st);
+	return 0;
 }
 
-/* Commands match on type and number only: a grown struct keeps its number. */
+/*
+ * Commands match on type and number only: a grown struct keeps its number.
+ * User memory is copied in before and out after vbhp_ioc_lock is held, so
+ * a slow user page (userfaultfd, FUSE) never holds up remove().  A deflate
+ * whose result cannot be copied out has still happened: -EFAULT then.
+ */
 static long vbhp_ioc_ioctl(struct file *file, unsigned int cmd,
 			   unsigned long arg)
 {
+	union {
+		struct virtio_balloon_hp_deflate deflate;
+		struct virtio_balloon_hp_stats stats;
+	} karg;
 	void __user *uarg = (void __user *)arg;
 	unsigned int nr = _IOC_NR(cmd);
+	bool deflate = nr == _IOC_NR(VIRTIO_BALLOON_HP_IOC_DEFLATE);
+	size_t size = deflate ? sizeof(karg.deflate) : sizeof(karg.stats);
 	long ret;
 
 	if (_IOC_TYPE(cmd) != VIRTIO_BALLOON_HP_IOC_MAGIC ||
-	    (nr != _IOC_NR(VIRTIO_BALLOON_HP_IOC_DEFLATE) &&
-	     nr != _IOC_NR(VIRTIO_BALLOON_HP_IOC_STATS)))
+	    (!deflate && nr != _IOC_NR(VIRTIO_BALLOON_HP_IOC_STATS)))
 		return -ENOTTY;
 	if (!capable(CAP_SYS_ADMIN))
 		return -EPERM;
+	ret = vbhp_ioc_copy_in(&karg, size, uarg);
+	if (ret)
+		return ret;
 	mutex_lock(&vbhp_ioc_lock);
 	if (!vbhp_ioc_vb)
 		ret = -ENODEV;
-	else if (nr == _IOC_NR(VIRTIO_BALLOON_HP_IOC_DEFLATE))
-		ret = vbhp_ioc_deflate(vbhp_ioc_vb, uarg);
+	else if (deflate)
+		ret = vbhp_ioc_deflate(vbhp_ioc_vb, &karg.deflate);
 	else
-		ret = vbhp_ioc_stats(vbhp_ioc_vb, uarg);
+		ret = vbhp_ioc_stats(vbhp_ioc_vb, &karg.stats);
 	mutex_unlock(&vbhp_ioc_lock);
-	return ret;
+	return ret ?: vbhp_ioc_copy_out(uarg, &karg, size);
 }
 
 static const struct file_operations vbhp_ioc_fops = {
