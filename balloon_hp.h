@@ -89,6 +89,8 @@ enum vbhp_xfer_stat {
  * @VBHP_STAT_OD_BELOW_4G: pages deflated on demand that lay below 4 GiB.
  * @VBHP_STAT_OD_ABORT: inflate rounds stopped because reclaim, the OOM
  *	notifier or the ioctl wanted memory back (retried a second later).
+ * @VBHP_STAT_XFER_ERR: buffers the virtqueue refused (a broken device, or
+ *	no room to map them for DMA); their blocks were put back.
  * @VBHP_STAT_NUM: number of device-wide counters.
  */
 enum vbhp_stat {
@@ -97,6 +99,7 @@ enum vbhp_stat {
 	VBHP_STAT_STALL,
 	VBHP_STAT_OD_BELOW_4G,
 	VBHP_STAT_OD_ABORT,
+	VBHP_STAT_XFER_ERR,
 	VBHP_STAT_NUM,
 };
 
@@ -130,7 +133,8 @@ enum vbhp_od_stat {
 
 /**
  * struct vbhp_buf - one buffer of frame numbers, as sent to the host.
- * @pfns: the payload: little-endian 4 KiB frame numbers.
+ * @pfns: the payload: 4 KiB frame numbers in the device's byte order
+ *	(little-endian; guest-native for a legacy device, as the spec says).
  * @nr_pfns: how many entries of @pfns are used.
  * @blocks: blocks whose last frame is in this buffer; they change hands
  *	(join the balloon, or go back to the guest) when this buffer and
@@ -140,7 +144,7 @@ enum vbhp_od_stat {
  * Owned by the balloon worker under vbhp->lock.
  */
 struct vbhp_buf {
-	__le32 pfns[VIRTIO_BALLOON_HP_PFNS_PER_BUF];
+	__virtio32 pfns[VIRTIO_BALLOON_HP_PFNS_PER_BUF];
 	unsigned int nr_pfns;
 	struct list_head blocks;
 	bool acked;

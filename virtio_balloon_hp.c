@@ -143,6 +143,7 @@ static const char * const vbhp_stat_names[VBHP_STAT_NUM] = {
 	[VBHP_STAT_STALL] = "inflate_stalls",
 	[VBHP_STAT_OD_BELOW_4G] = "od_below_4g_pages",
 	[VBHP_STAT_OD_ABORT] = "od_inflate_aborts",
+	[VBHP_STAT_XFER_ERR] = "xfer_errors",
 };
 
 static const char * const vbhp_od_names[VBHP_OD_NUM] = {
@@ -372,6 +373,67 @@ static bool vbhp_xfer_collect(struct vbhp_xfer *x)
 	return any;
 }
 
+/*
+ * Put back a block the host was not told about in full.  A deflated block
+ * stays in the balloon: only an acknowledged deflate may hand it to the
+ * guest.  An inflated block goes back to the guest, unless part of it went
+ * out in an earlier buffer that the host may act on: then it joins the
+ * balloon as if acknowledged, and a later deflate tells the host about it.
+ */
+static void vbhp_xfer_put_back(struct vbhp *vb, struct vbhp_xfer *x,
+			       struct page *page, bool partly_sent)
+{
+	if (x->inflate && !partly_sent) {
+		vbhp_blk_free(vb, page);
+		return;
+	}
+	vbhp_blk_hold(vb, page);
+	if (x->inflate)
+		vb->num_pages += vbhp_order_frames(page_private(page));
+}
+
+/*
+ * @buf could not be sent: put its blocks back.  Only the first block on its
+ * list can have begun in an earlier buffer; on an hp queue none can.
+ */
+static void vbhp_xfer_unwind(struct vbhp *vb, struct vbhp_xfer *x,
+			     struct vbhp_buf *buf)
+{
+	unsigned long first = virtio32_to_cpu(vb->vdev, buf->pfns[0]);
+	bool head = true;
+	struct page *page, *next;
+
+	list_for_each_entry_safe(page, next, &buf->blocks, lru) {
+		list_del(&page->lru);
+		vbhp_xfer_put_back(vb, x, page,
+				   head && page_to_pfn(page) != first);
+		head = false;
+	}
+	buf->nr_pfns = 0;
+}
+
+/*
+ * The device broke: nothing in flight will come back.  The host may have
+ * acted on any of it, so every block in flight stays in the balloon.
+ */
+static void vbhp_xfer_abandon(struct vbhp *vb, struct vbhp_xfer *x)
+{
+	struct page *page, *next;
+	struct vbhp_buf *buf;
+
+	while (x->inflight) {
+		buf = &x->ring[x->head];
+		list_for_each_entry_safe(page, next, &buf->blocks, lru) {
+			list_del(&page->lru);
+			vbhp_xfer_put_back(vb, x, page, true);
+		}
+		buf->acked = false;
+		buf->nr_pfns = 0;
+		x->head = (x->head + 1) % x->nr_slots;
+		WRITE_ONCE(x->inflight, x->inflight - 1);
+	}
+}
+
 /* Retire acknowledged buffers in the order they were sent. */
 static void vbhp_xfer_retire(struct vbhp *vb, struct vbhp_xfer *x)
 {
@@ -395,19 +457,34 @@ static void vbhp_xfer_retire(struct vbhp *vb, struct vbhp_xfer *x)
 		vbhp_cfg_update_actual(vb);
 }
 
-/* Wait until at least one more buffer in flight has been retired. */
-static void vbhp_xfer_wait(struct vbhp *vb, struct vbhp_xfer *x)
+/*
+ * Wait until at least one more buffer in flight has been retired; false if
+ * the device broke instead (what was in flight is then abandoned).  The
+ * wait looks at the device once a second too: a transport that breaks it
+ * (surprise removal) does not always call the queue's callback.
+ */
+static bool vbhp_xfer_wait(struct vbhp *vb, struct vbhp_xfer *x)
 {
 	unsigned int before = x->inflight;
 
 	while (x->inflight == before) {
-		wait_event(vb->acked, vbhp_xfer_collect(x));
+		wait_event_timeout(vb->acked, vbhp_xfer_collect(x) ||
+				   virtqueue_is_broken(x->vq), HZ);
 		vbhp_xfer_retire(vb, x);
+		if (x->inflight == before && virtqueue_is_broken(x->vq)) {
+			vbhp_xfer_abandon(vb, x);
+			return false;
+		}
 	}
+	return true;
 }
 
-/* Send the buffer being filled, if it holds anything. */
-static void vbhp_xfer_send(struct vbhp *vb, struct vbhp_xfer *x)
+/*
+ * Send the buffer being filled, if it holds anything.  A buffer the queue
+ * refuses (a broken device, or no room to map it for DMA) is not counted
+ * as in flight and its blocks are put back; returns false then.
+ */
+static bool vbhp_xfer_send(struct vbhp *vb, struct vbhp_xfer *x)
 {
 	struct vbhp_buf *buf = vbhp_xfer_cur(x);
 	struct scatterlist sg;
@@ -415,15 +492,21 @@ static void vbhp_xfer_send(struct vbhp *vb, struct vbhp_xfer *x)
 
 	lockdep_assert_held(&vb->lock);
 	if (!buf->nr_pfns)
-		return;
+		return true;
 	sg_init_one(&sg, buf->pfns, buf->nr_pfns * sizeof(buf->pfns[0]));
-	/* Cannot fail: the ring never holds more than the vring's size. */
 	err = virtqueue_add_outbuf(x->vq, &sg, 1, buf, GFP_KERNEL);
-	WARN_ON_ONCE(err);
+	if (err) {
+		dev_warn_ratelimited(&vb->vdev->dev, "%s buffer not sent: %d\n",
+				     vbhp_xfer_names[x->id], err);
+		vbhp_count(&vb->stats[VBHP_STAT_XFER_ERR], 1);
+		vbhp_xfer_unwind(vb, x, buf);
+		return false;
+	}
 	virtqueue_kick(x->vq);
 	WRITE_ONCE(x->inflight, x->inflight + 1);
 	vbhp_count(&x->stats[VBHP_XSTAT_BUFS], 1);
 	vbhp_count(&x->stats[VBHP_XSTAT_PFNS], buf->nr_pfns);
+	return true;
 }
 
 /* The queue a block of @order travels on, inflating or deflating. */
@@ -439,33 +522,43 @@ static struct vbhp_xfer *vbhp_xfer_for(struct vbhp *vb, unsigned int order,
 /*
  * Queue one block on its queue: one frame number per 2^pfn_order frames
  * (every 4 KiB frame, or just the first on an hp queue), sending buffers
- * as they fill up.
+ * as they fill up.  False if a buffer could not be sent or the device
+ * broke: the block and those queued with it were put back.
  */
-static void vbhp_xfer_add(struct vbhp *vb, struct page *page, bool inflate)
+static bool vbhp_xfer_add(struct vbhp *vb, struct page *page, bool inflate)
 {
 	unsigned int order = page_private(page);
 	struct vbhp_xfer *x = vbhp_xfer_for(vb, order, inflate);
 	unsigned long frames = vbhp_order_frames(order);
 	unsigned long pfn = page_to_pfn(page);
 	struct vbhp_buf *buf = vbhp_xfer_cur(x);
+	bool sent_part = false;
 	unsigned long i;
 
 	lockdep_assert_held(&vb->lock);
 	for (i = 0; i < frames; i += 1UL << x->pfn_order) {
 		if (buf->nr_pfns == VIRTIO_BALLOON_HP_PFNS_PER_BUF) {
-			vbhp_xfer_send(vb, x);
-			if (x->inflight == x->nr_slots)
-				vbhp_xfer_wait(vb, x);
+			if (!vbhp_xfer_send(vb, x))
+				goto put_back;
+			/* the buffer just sent held frames of this block */
+			sent_part = sent_part || i;
+			if (x->inflight == x->nr_slots && !vbhp_xfer_wait(vb, x))
+				goto put_back;
 			buf = vbhp_xfer_cur(x);
 		}
-		buf->pfns[buf->nr_pfns++] = cpu_to_le32(pfn + i);
+		buf->pfns[buf->nr_pfns++] = cpu_to_virtio32(vb->vdev, pfn + i);
 	}
 	list_add_tail(&page->lru, &buf->blocks);
+	return true;
+
+put_back:
+	vbhp_xfer_put_back(vb, x, page, sent_part);
+	return false;
 }
 
 /*
  * Send what is left on the queues of one direction and wait until the host
- * has acknowledged everything.
+ * has acknowledged everything (or the device broke).
  */
 static void vbhp_xfer_flush(struct vbhp *vb, bool inflate)
 {
@@ -483,6 +576,12 @@ static void vbhp_xfer_flush(struct vbhp *vb, bool inflate)
 		while (x->vq && x->inflate == inflate && x->inflight)
 			vbhp_xfer_wait(vb, x);
 	}
+}
+
+/* The device broke (surprise removal): no buffer will come back. */
+static bool vbhp_xfer_broken(struct vbhp *vb)
+{
+	return virtqueue_is_broken(vb->xfer[VBHP_XFER_INFLATE].vq);
 }
 
 /* Set up the pipeline of one queue; no ring for a queue not negotiated. */
@@ -569,7 +668,8 @@ static unsigned long vbhp_inflate(struct vbhp *vb, unsigned long frames)
 		if (!page)
 			break;
 		queued += vbhp_order_frames(page_private(page));
-		vbhp_xfer_add(vb, page, true);
+		if (!vbhp_xfer_add(vb, page, true))
+			break;
 	}
 	memalloc_noio_restore(noio);
 	vbhp_xfer_flush(vb, true);
@@ -593,7 +693,8 @@ static void vbhp_deflate(struct vbhp *vb, unsigned long frames,
 		if (!page)
 			break;
 		queued += vbhp_order_frames(page_private(page));
-		vbhp_xfer_add(vb, page, false);
+		if (!vbhp_xfer_add(vb, page, false))
+			break;
 	}
 	vbhp_xfer_flush(vb, false);
 }
@@ -680,29 +781,35 @@ static unsigned long vbhp_od_deflate(struct vbhp *vb,
 {
 	/* A target the host writes once it sees "actual" drop ends the hold. */
 	int gen = atomic_read(&vb->config_gen);
-	unsigned long queued, below_4g = 0, frames;
+	unsigned long before = vb->num_pages, below_4g = 0, frames, given;
 	struct page *page, *next;
+	bool queued = true;
 	LIST_HEAD(taken);
 
 	lockdep_assert_held(&vb->lock);
-	if (!vb->ready || !vb->deflate_on_oom)
-		return 0;
-	queued = vbhp_od_take(vb, req, &taken);
-	if (!queued)
+	if (!vb->ready || !vb->deflate_on_oom || !vbhp_od_take(vb, req, &taken))
 		return 0;
 	list_for_each_entry_safe(page, next, &taken, lru) {
 		list_del(&page->lru);
+		if (!queued) {
+			/* the device failed: the rest stays in the balloon */
+			vbhp_blk_hold(vb, page);
+			continue;
+		}
 		frames = vbhp_order_frames(page_private(page));
-		if (page_to_pfn(page) + frames <= VBHP_4G_PFN)
+		queued = vbhp_xfer_add(vb, page, false);
+		if (queued && page_to_pfn(page) + frames <= VBHP_4G_PFN)
 			below_4g += frames;
-		vbhp_xfer_add(vb, page, false);
 	}
 	vbhp_xfer_flush(vb, false);
 	vbhp_cfg_update_actual(vb);
+	given = before - vb->num_pages;
+	if (!given)
+		return 0;
 	vb->od_hold = true;
 	vb->od_hold_gen = gen;
-	vbhp_od_count(vb, req->trigger, queued, below_4g);
-	return queued;
+	vbhp_od_count(vb, req->trigger, given, below_4g);
+	return given;
 }
 
 /*
@@ -891,6 +998,11 @@ static void vbhp_work_fn(struct work_struct *work)
 			delay = 0;
 	}
 	vbhp_cfg_update_actual(vb);
+	if (vbhp_xfer_broken(vb)) {
+		dev_err_once(&vb->vdev->dev, "device broken: the balloon stays at %lu pages\n",
+			     vb->num_pages);
+		delay = -1;
+	}
 	mutex_unlock(&vb->lock);
 
 	if (delay >= 0)
@@ -1245,7 +1357,7 @@ static int vbhp_dbg_parse_pfns(struct vbhp_xfer *x, char *list)
 			buf->nr_pfns = 0;
 			return -EINVAL;
 		}
-		buf->pfns[buf->nr_pfns++] = cpu_to_le32(pfn);
+		buf->pfns[buf->nr_pfns++] = cpu_to_virtio32(x->vq->vdev, pfn);
 	}
 	return buf->nr_pfns ? 0 : -EINVAL;
 }
@@ -1555,6 +1667,10 @@ static void vbhp_dev_teardown(struct vbhp *vb)
 	vbhp_deflate(vb, vb->num_pages, ULONG_MAX);
 	vbhp_cfg_update_actual(vb);
 	vb->ready = false;
+	/* Blocks the host never acknowledged giving back must not be used. */
+	if (vb->num_pages)
+		dev_warn(&vb->vdev->dev, "device broken: %lu MiB stay ballooned for good\n",
+			 vb->num_pages >> (20 - PAGE_SHIFT));
 	mutex_unlock(&vb->lock);
 
 	virtio_reset_device(vb->vdev);
