@@ -97,12 +97,13 @@ class Balloon:
                 (line.split(':', 1) for line in out.splitlines() if ':' in line)}
 
     def actual(self):
-        """Guest memory size as the host sees it (bytes)."""
-        return self.g.balloon.query()
+        """Guest memory size in bytes the device reports to the host (RAM - balloon)."""
+        return self.g.qmp.cmd('query-balloon')['actual']
 
     def set_size(self, size):
-        """Ask for a guest memory size (bytes), as `balloon` in QMP does."""
-        self.g.balloon.set_target_bytes(size)
+        """Ask for a guest memory size in bytes, as `balloon` in QMP does: the
+        host wants the guest to have this much."""
+        self.g.qmp.cmd('balloon', value=int(size))
 
     def settle(self, size, timeout=SETTLE_TIMEOUT):
         """Set the size and wait until both sides agree it is reached."""

@@ -24,10 +24,11 @@ def intree_balloon_baseline(kernel):
         rc, out = g.run("printf '%s\\n' \"it's\" 'a \"quoted\" arg'; exit 3")
         assert (rc, out) == (3, 'it\'s\na "quoted" arg\n'), (rc, out)
         total = g.meminfo()['MemTotal']
+        b = Balloon(g)
         g.sh('insmod /lib/vbhp/virtio_balloon.ko')
         for size, kb in ((768 * MiB, total - 256 * 1024), (1024 * MiB, total)):
-            g.balloon.set_target_bytes(size)
-            wait_until(g.balloon.query, 120, f'actual == {size}', ok=lambda a: a == size)
+            b.set_size(size)
+            wait_until(b.actual, 120, f'actual == {size}', ok=lambda a: a == size)
             wait_until(lambda: g.meminfo()['MemTotal'], 10, f'MemTotal == {kb} kB',
                        ok=lambda v: v == kb)
 

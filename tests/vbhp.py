@@ -1,5 +1,5 @@
 """Host-side test library for virtio_balloon_hp: QMP client, QEMU guest with a
-serial shell agent, balloon helper and a small TAP test runner (stdlib only).
+serial shell agent and a small TAP test runner (stdlib only).
 
 Kernels come from .cache/kernels.list, written by tests/setup/setup.sh.
 """
@@ -178,21 +178,6 @@ class Qmp:
         self.sock.close()
 
 
-class Balloon:
-    """The virtio-balloon device, driven over QMP. Sizes are guest memory sizes
-    in bytes as QMP defines them: the host wants the guest to have this much."""
-
-    def __init__(self, qmp):
-        self.qmp = qmp
-
-    def set_target_bytes(self, guest_bytes):
-        self.qmp.cmd('balloon', value=int(guest_bytes))
-
-    def query(self):
-        """Guest memory size in bytes the device currently reports (RAM - balloon)."""
-        return self.qmp.cmd('query-balloon')['actual']
-
-
 def _kvm_usable():
     """/dev/kvm alone is not enough: a nested PVM hypervisor (no vmx/svm flag)
     offers one that cannot run stock kernels."""
@@ -223,7 +208,7 @@ class Guest:
         self.mem_mib, self.smp, self.files, self.append = mem_mib, smp, list(files), append
         self.qemu, self.qemu_args, self.balloon_args = qemu, list(qemu_args), balloon_args
         self.trace_events = trace  # QEMU trace event pattern logged to trace.log
-        self.dir = self.console_path = self.proc = self.qmp = self.balloon = self._agent = None
+        self.dir = self.console_path = self.proc = self.qmp = self._agent = None
         self._console_text = None  # snapshot taken when QEMU stops
         self.boot_seconds = None
         self.expect_oom = False  # a test that provokes the OOM killer sets this
@@ -298,7 +283,6 @@ class Guest:
         listener.close()
         self._rbuf = b''
         self.qmp = Qmp(qmp_path)
-        self.balloon = Balloon(self.qmp)
         try:
             self._read_until(_READY, time.monotonic() + BOOT_TIMEOUT, f'boot ({BOOT_TIMEOUT} s)')
         except (TimeoutError, ConnectionError) as e:
