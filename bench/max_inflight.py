@@ -13,8 +13,9 @@ import sys
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', 'tests'))
-from balloon import MiB, Balloon, balloon_guest  # noqa: E402
-from vbhp import kernels, wait_until  # noqa: E402
+from vbhp import MiB, wait_until  # noqa: E402
+from vbhp.balloon import Balloon, balloon_guest  # noqa: E402
+from vbhp.kernels import kernels  # noqa: E402
 
 RAM = 4096 * MiB
 SMALL = 1024 * MiB

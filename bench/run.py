@@ -26,8 +26,11 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, '..', 'tests'))
-from balloon import HP_QEMU, HP_ORDER, MODULE, SELFTESTS, MiB, alloc_ms, build_module  # noqa: E402
-from vbhp import Guest, kernels  # noqa: E402
+from vbhp import MiB  # noqa: E402
+from vbhp.balloon import HP_QEMU, HP_ORDER, MODULE, alloc_ms  # noqa: E402
+from vbhp.build import SELFTESTS, build_module  # noqa: E402
+from vbhp.guest import Guest  # noqa: E402
+from vbhp.kernels import kernels  # noqa: E402
 
 GiB = 1024 * MiB
 STOCK_QEMU = 'qemu-system-x86_64'

@@ -4,9 +4,10 @@ deflate-on-oom.  Imported by run_tests.py, which runs them."""
 import re
 import time
 
-from balloon import (MiB, Balloon, alloc_ms, balloon_guest, build_module, suspend,
-                     trace_count)
-from vbhp import test, wait_until
+from vbhp import MiB, wait_until
+from vbhp.balloon import Balloon, alloc_ms, balloon_guest, suspend, trace_count
+from vbhp.build import build_module
+from vbhp.runner import test
 
 DOO = ',deflate-on-oom=on'
 DMA_MODULE = '/lib/vbhp/vbhp_dma.ko'

@@ -10,9 +10,11 @@ import subprocess
 import sys
 import time
 
-from balloon import (HP_ORDER, MiB, MODULE, Balloon, balloon_guest, build_module,
-                     suspend, trace_count)
-from vbhp import ROOT, Guest, main, test, wait_until
+from vbhp import MiB, ROOT, wait_until
+from vbhp.balloon import HP_ORDER, MODULE, Balloon, balloon_guest, suspend, trace_count
+from vbhp.build import build_module
+from vbhp.guest import Guest
+from vbhp.runner import main, test
 
 
 @test

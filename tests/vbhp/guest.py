@@ -1,25 +1,18 @@
-"""Host-side test library for virtio_balloon_hp: QMP client, QEMU guest with a
-serial shell agent and a small TAP test runner (stdlib only).
-
-Kernels come from .cache/kernels.list, written by tests/setup/setup.sh.
-"""
+"""A QEMU guest running a kernel from kernels.list with the initramfs agent
+(tests/setup/mkinitramfs.sh), and the checks of its kernel log."""
 import base64
-import json
 import os
 import re
-import select
 import shutil
 import socket
 import subprocess
-import sys
 import tempfile
 import time
-import traceback
 
-MiB = 1 << 20
-TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(TESTS_DIR)
-CACHE = os.path.join(ROOT, '.cache')
+from . import CACHE, TESTS_DIR
+from .kernels import Kernel, find_kernel
+from .qmp import Qmp
+
 RUN_DIR = os.path.join(CACHE, 'run')
 BOOT_TIMEOUT = 120
 # agent markers (see mkinitramfs.sh), at a line start
@@ -32,150 +25,6 @@ PROBLEM_PATTERNS = ('WARNING:', 'BUG:', 'Oops', 'Out of memory', 'Killed process
 
 # What an OOM-killer report prints; tolerated only in a test that expects one.
 OOM_REPORT_PATTERNS = ('Out of memory', 'Killed process', 'Call Trace')
-
-
-def wait_until(probe, timeout, what, ok=bool, interval=0.2):
-    """Poll probe() until ok(value) holds; return that value. On timeout raise an
-    AssertionError naming `what` and the last value seen. With the default ok,
-    probe is a plain predicate."""
-    deadline = time.monotonic() + timeout
-    while True:
-        seen = probe()
-        if ok(seen):
-            return seen
-        if time.monotonic() > deadline:
-            raise AssertionError(f'timed out after {timeout} s waiting for {what}; last seen: {seen!r}')
-        time.sleep(interval)
-
-
-class Kernel:
-    """One line of .cache/kernels.list: short name, ABI name, headers dir."""
-
-    def __init__(self, short, kver, headers):
-        self.short, self.kver, self.headers = short, kver, headers
-        self.root = os.path.join(CACHE, 'kernels', kver)
-        self.vmlinuz = os.path.join(self.root, 'boot', f'vmlinuz-{kver}')
-        self.moddir = os.path.join(self.root, 'lib', 'modules', kver)
-
-    def module(self, name):
-        """Path of an in-tree module (.ko or .ko.xz) of this kernel's image."""
-        for dirpath, _, names in os.walk(os.path.join(self.moddir, 'kernel')):
-            for suffix in ('.ko', '.ko.xz'):
-                if name + suffix in names:
-                    return os.path.join(dirpath, name + suffix)
-        raise FileNotFoundError(f'no module {name} in {self.moddir}')
-
-    def __repr__(self):
-        return f'Kernel({self.short}, {self.kver})'
-
-
-def _known_kernels():
-    path = os.path.join(CACHE, 'kernels.list')
-    if not os.path.exists(path):
-        raise RuntimeError(f'{path} missing: run tests/setup/setup.sh')
-    with open(path) as f:
-        return {k.short: k for k in (Kernel(*line.split()) for line in f if line.strip())}
-
-
-def find_kernel(short):
-    """The Kernel called short ('6.1', '6.12') in .cache/kernels.list."""
-    known = _known_kernels()
-    if short not in known:
-        raise RuntimeError(f'kernel {short} not set up: run VBHP_KERNELS={short} tests/setup/setup.sh')
-    return known[short]
-
-
-def kernels():
-    """Kernels from .cache/kernels.list, restricted by env VBHP_KERNELS."""
-    known = _known_kernels()
-    wanted = os.environ.get('VBHP_KERNELS', '').split() or list(known)
-    missing = [s for s in wanted if s not in known]
-    if missing:
-        raise RuntimeError(f'kernels {missing} not set up: run VBHP_KERNELS="{" ".join(wanted)}" tests/setup/setup.sh')
-    return [known[s] for s in wanted]
-
-
-class QmpError(Exception):
-    pass
-
-
-class Qmp:
-    """QMP client on a unix socket. Asynchronous events are kept in self.event_log
-    (each event dict gets a 'received' key: time.monotonic())."""
-
-    def __init__(self, path, timeout=30):
-        deadline = time.monotonic() + timeout
-        while True:  # QEMU creates the socket shortly after it starts
-            try:
-                self.sock = socket.socket(socket.AF_UNIX)
-                self.sock.connect(path)
-                break
-            except (FileNotFoundError, ConnectionRefusedError):
-                self.sock.close()
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
-        self._buf = b''
-        self.event_log = []
-        self._read(deadline)  # greeting
-        self.cmd('qmp_capabilities')
-
-    def _read(self, deadline):
-        """Next message; events are logged and returned like any other."""
-        while b'\n' not in self._buf:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise TimeoutError('no QMP message in time')
-            self.sock.settimeout(left)
-            data = self.sock.recv(65536)
-            if not data:
-                raise ConnectionError('QMP connection closed')
-            self._buf += data
-        line, self._buf = self._buf.split(b'\n', 1)
-        msg = json.loads(line)
-        if 'event' in msg:
-            msg['received'] = time.monotonic()
-            self.event_log.append(msg)
-        return msg
-
-    def _drain(self):
-        while b'\n' in self._buf or select.select([self.sock], [], [], 0)[0]:
-            self._read(time.monotonic() + 5)
-
-    def cmd(self, name, timeout=60, **args):
-        """Execute a command; return its 'return' value or raise QmpError."""
-        self.sock.sendall(json.dumps({'execute': name, 'arguments': args}).encode() + b'\n')
-        deadline = time.monotonic() + timeout
-        while True:
-            msg = self._read(deadline)
-            if 'return' in msg:
-                return msg['return']
-            if 'error' in msg:
-                raise QmpError(f"{name}: {msg['error']['class']}: {msg['error']['desc']}")
-
-    def events(self, name=None):
-        """Events received so far (all, or those called name), oldest first."""
-        self._drain()
-        return [e for e in self.event_log if name is None or e['event'] == name]
-
-    def wait_event(self, name, pred=lambda e: True, timeout=30):
-        """First event (already received or arriving before the timeout) called
-        name for which pred(event) holds."""
-        deadline = time.monotonic() + timeout
-        checked = 0
-        while True:
-            self._drain()
-            for e in self.event_log[checked:]:
-                if e['event'] == name and pred(e):
-                    return e
-            checked = len(self.event_log)
-            try:
-                self._read(deadline)  # block for the next message
-            except TimeoutError:
-                raise TimeoutError(f'no matching {name} event in {timeout} s') from None
-
-    def close(self):
-        self.sock.close()
 
 
 def _kvm_usable():
@@ -194,7 +43,7 @@ class BootCrash(RuntimeError):
         self.oops = oops
 
 
-_started = []  # guests started by the running test; the runner checks and cleans them
+started_guests = []  # guests started by the running test; the runner checks and cleans them
 
 
 class Guest:
@@ -214,7 +63,7 @@ class Guest:
         self.expect_oom = False  # a test that provokes the OOM killer sets this
 
     def __enter__(self):
-        _started.append(self)
+        started_guests.append(self)
         for attempt in (1, 2):
             try:
                 self.start()
@@ -397,83 +246,3 @@ class Guest:
         self._agent = None
         if self.proc:
             self._console_text = self.console()
-
-
-# ---- test runner -------------------------------------------------------------
-
-_tests = []
-
-
-class Skip(Exception):
-    """Raise in a test to skip it (with a reason)."""
-
-
-def test(fn=None, per_kernel=True):
-    """Register a test.  @test: fn(kernel) runs once per selected kernel;
-    @test(per_kernel=False): fn() runs once."""
-    def register(fn):
-        fn.per_kernel = per_kernel
-        _tests.append(fn)
-        return fn
-    return register(fn) if fn else register
-
-
-def _run_one(fn, kernel):
-    """Run one test; return (status, reason): status is 'ok', 'fail' or 'skip'."""
-    del _started[:]
-    status, reason = 'ok', ''
-    try:
-        fn(kernel) if kernel else fn()
-    except Skip as e:
-        status, reason = 'skip', str(e)
-    except Exception as e:
-        status, reason = 'fail', f'{type(e).__name__}: {e}'
-        print(''.join('# ' + line + '\n' for line in traceback.format_exc().splitlines()), end='')
-    finally:
-        for g in _started:
-            g.close()
-    for g in _started:
-        problems = g.kernel_problems()
-        if problems and status != 'fail':
-            status, reason = 'fail', f'kernel problems: {problems[0]}'
-        for line in problems:
-            print(f'# console: {line}')
-    for g in _started:
-        if g.dir is None:
-            continue
-        if status == 'fail':
-            print(f'# kept {os.path.relpath(g.dir, ROOT)} (console.log, qemu.log)')
-        else:
-            shutil.rmtree(g.dir, ignore_errors=True)
-    return status, reason
-
-
-def main(argv=None):
-    """Run the registered tests whose name contains any argument (all without
-    arguments) on each kernel; print TAP and a 'N passed, N failed' line."""
-    selectors = sys.argv[1:] if argv is None else argv
-    chosen = [t for t in _tests if not selectors or any(s in t.__name__ for s in selectors)]
-    cases = [(t, None) for t in chosen if not t.per_kernel]
-    cases += [(t, k) for k in kernels() for t in chosen if t.per_kernel]
-    print('TAP version 13')
-    print(f'1..{len(cases)}', flush=True)
-    counts = {'ok': 0, 'fail': 0, 'skip': 0}
-    for i, (fn, kernel) in enumerate(cases, 1):
-        name = f'{fn.__name__}[{kernel.short}]' if kernel else fn.__name__
-        print(f'# {name}: {kernel.kver if kernel else "host"}', flush=True)
-        t0 = time.monotonic()
-        status, reason = _run_one(fn, kernel)
-        counts[status] += 1
-        took = f'({time.monotonic() - t0:.1f} s)'
-        if status == 'ok':
-            print(f'ok {i} - {name} {took}')
-        elif status == 'skip':
-            print(f'ok {i} - {name} # SKIP {reason}')
-        else:
-            print(f'not ok {i} - {name} {took}: {reason.splitlines()[0] if reason else ""}')
-        sys.stdout.flush()
-    summary = f"{counts['ok']} passed, {counts['fail']} failed"
-    if counts['skip']:
-        summary += f", {counts['skip']} skipped"
-    print(summary)
-    return 1 if counts['fail'] or not cases else 0

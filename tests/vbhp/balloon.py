@@ -7,28 +7,17 @@ it saw last when it runs out.
 """
 import os
 import re
-import subprocess
 import time
 
-from vbhp import ROOT, Guest, wait_until
+from . import CACHE, MiB, wait_until
+from .build import SELFTEST_PROGS, SELFTESTS, build_module
+from .guest import Guest
 
-MiB = 1 << 20
 MODULE = '/lib/vbhp/virtio_balloon_hp.ko'
 DEBUGFS = '/sys/kernel/debug/virtio_balloon_hp'
-SELFTESTS = os.path.join(ROOT, '.cache', 'build', 'selftests')
-HP_QEMU = os.path.join(ROOT, '.cache', 'qemu', 'bin', 'qemu-hp')  # host/build-qemu.sh
+HP_QEMU = os.path.join(CACHE, 'qemu', 'bin', 'qemu-hp')  # host/build-qemu.sh
 HP_ORDER = 9
-SELFTEST_PROGS = ('vbhp_check', 'vbhp_fragment', 'vbhp_ioctl', 'vbhp_alloc')
 SETTLE_TIMEOUT = 240  # seconds; TCG inflates a few hundred MiB/s
-
-
-def build_module(kernel, variant=''):
-    """Build (W=1, sparse) for @kernel; return the path of the .ko."""
-    short = getattr(kernel, 'short', kernel)
-    out = subprocess.run(['bash', os.path.join(ROOT, 'tests', 'setup', 'build.sh'), short, variant],
-                         capture_output=True, text=True)
-    assert out.returncode == 0, f'build for {short} failed:\n{out.stderr}'
-    return out.stdout.strip().splitlines()[-1]
 
 
 def balloon_guest(kernel, mem_mib, balloon_args='', hp=False, hooks=False, extra_files=(),
