@@ -10,10 +10,9 @@ Usage: bench/max_inflight.py [KERNEL]
 import os
 import statistics
 import sys
-import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', 'tests'))
-from vbhp import MiB, wait_until  # noqa: E402
+from vbhp import MiB  # noqa: E402
 from vbhp.balloon import Balloon, balloon_guest  # noqa: E402
 from vbhp.kernels import kernels  # noqa: E402
 
@@ -21,13 +20,6 @@ RAM = 4096 * MiB
 SMALL = 1024 * MiB
 VALUES = (1, 2, 4, 8, 16, 32)
 RUNS = 3
-
-
-def timed(b, size):
-    t0 = time.monotonic()
-    b.set_size(size)
-    wait_until(b.actual, 300, f'actual == {size}', ok=lambda a: a == size, interval=0.01)
-    return time.monotonic() - t0
 
 
 def main():
@@ -40,8 +32,8 @@ def main():
                 b = Balloon(g)
                 b.load(f'page_order=9 max_inflight={n}')
                 for _ in range(RUNS):
-                    inf.append(timed(b, SMALL))
-                    dfl.append(timed(b, RAM))
+                    inf.append(b.reach(SMALL, 300, interval=0.01))
+                    dfl.append(b.reach(RAM, 300, interval=0.01))
                 g.sh('rmmod virtio_balloon_hp')
                 print(f'  max_inflight={n:2}: inflate {statistics.median(inf):5.2f} s '
                       f'({3 / statistics.median(inf):4.2f} GiB/s)  deflate '

@@ -11,9 +11,10 @@ import sys
 import time
 
 from vbhp import MiB, ROOT, wait_until
-from vbhp.balloon import HP_ORDER, MODULE, Balloon, balloon_guest, suspend, trace_count
+from vbhp.balloon import INTREE_MODULE, MODULE, Balloon, balloon_guest, suspend, trace_count
 from vbhp.build import build_module
 from vbhp.guest import Guest
+from vbhp.hosts import HP_ORDER
 from vbhp.runner import main, test
 
 
@@ -27,7 +28,7 @@ def intree_balloon_baseline(kernel):
         assert (rc, out) == (3, 'it\'s\na "quoted" arg\n'), (rc, out)
         total = g.meminfo()['MemTotal']
         b = Balloon(g)
-        g.sh('insmod /lib/vbhp/virtio_balloon.ko')
+        b.load('', module=INTREE_MODULE)
         for size, kb in ((768 * MiB, total - 256 * 1024), (1024 * MiB, total)):
             b.set_size(size)
             wait_until(b.actual, 120, f'actual == {size}', ok=lambda a: a == size)
@@ -117,8 +118,8 @@ def guest_stat(g, name):
 @test
 def deflate_on_oom_keeps_memtotal(kernel):
     """With DEFLATE_ON_OOM negotiated, ballooned memory stays in MemTotal."""
-    with balloon_guest(kernel, 1024, balloon_args=',deflate-on-oom=on') as g:
-        b = Balloon(g, deflate_on_oom=True)
+    with balloon_guest(kernel, 1024, deflate_on_oom=True) as g:
+        b = Balloon(g)
         b.load()
         b.settle(512 * MiB)
         b.check()

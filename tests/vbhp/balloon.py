@@ -9,31 +9,36 @@ import os
 import re
 import time
 
-from . import CACHE, MiB, wait_until
+from . import MiB, wait_until
 from .build import SELFTEST_PROGS, SELFTESTS, build_module
 from .guest import Guest
+from .hosts import HP_TRACE, Host
 
 MODULE = '/lib/vbhp/virtio_balloon_hp.ko'
+INTREE_MODULE = '/lib/vbhp/virtio_balloon.ko'  # the kernel's own driver, in guests that carry it
 DEBUGFS = '/sys/kernel/debug/virtio_balloon_hp'
-HP_QEMU = os.path.join(CACHE, 'qemu', 'bin', 'qemu-hp')  # host/build-qemu.sh
-HP_ORDER = 9
 SETTLE_TIMEOUT = 240  # seconds; TCG inflates a few hundred MiB/s
 
 
-def balloon_guest(kernel, mem_mib, balloon_args='', hp=False, hooks=False, extra_files=(),
-                  **kw):
-    """A Guest with our module and the selftests in /lib/vbhp.  hp: on the
-    patched QEMU with hp blocks of HP_ORDER, its trace events logged.
-    hooks: also the test-hooks build, as virtio_balloon_hp_hooks.ko."""
+def guest_files(kernel, hooks=False, extra=()):
+    """Files for a test guest's /lib/vbhp: our module, the kselftest programs,
+    @extra, and with @hooks the test-hooks build as virtio_balloon_hp_hooks.ko."""
     files = [build_module(kernel)] + [os.path.join(SELFTESTS, p)
-                                      for p in SELFTEST_PROGS] + list(extra_files)
+                                      for p in SELFTEST_PROGS] + list(extra)
     if hooks:
         files.append(build_module(kernel, 'hooks'))
-    if hp:
-        kw.update(qemu=HP_QEMU, trace='virtio_balloon_hp_*')
-        balloon_args = f',hp-block-order={HP_ORDER}' + balloon_args
-    return Guest(kernel=kernel, mem_mib=mem_mib, files=files,
-                 balloon_args=balloon_args, **kw)
+    return files
+
+
+def balloon_guest(kernel, mem_mib, hp=False, deflate_on_oom=False, hooks=False,
+                  extra_files=(), files=None, trace=None, **kw):
+    """A Guest with guest_files() (or @files) on Host(@hp, @deflate_on_oom):
+    hp, the reference host with hp blocks of HP_ORDER, its hp trace events
+    logged unless @trace names others."""
+    if files is None:
+        files = guest_files(kernel, hooks, extra_files)
+    host = Host(hp, deflate_on_oom, trace=HP_TRACE if hp and trace is None else trace)
+    return Guest(kernel=kernel, mem_mib=mem_mib, files=files, host=host, **kw)
 
 
 def suspend(guest):
@@ -68,16 +73,18 @@ def trace_count(guest, event, since=0, **fields):
 class Balloon:
     """One guest's balloon, seen from the host and from the guest."""
 
-    def __init__(self, guest, deflate_on_oom=False):
+    def __init__(self, guest):
         self.g = guest
         self.ram = guest.mem_mib * MiB
-        self.doom = deflate_on_oom
+        self.doom = guest.host.deflate_on_oom
         self.order = None
         self.boot_kb = guest.meminfo()['MemTotal']
 
     def load(self, params='page_order=9', module=MODULE):
-        self.g.sh(f'insmod {module} {params}')
-        self.order = int(self.stats()['page_order'])
+        """insmod our module (or another build of it, or INTREE_MODULE)."""
+        self.g.sh(f'insmod {module} {params}'.rstrip())
+        if module != INTREE_MODULE:
+            self.order = int(self.stats()['page_order'])
 
     def stats(self):
         """The driver's debugfs counters as a dict of ints."""
@@ -94,12 +101,19 @@ class Balloon:
         host wants the guest to have this much."""
         self.g.qmp.cmd('balloon', value=int(size))
 
-    def settle(self, size, timeout=SETTLE_TIMEOUT):
-        """Set the size and wait until both sides agree it is reached."""
+    def reach(self, size, timeout=SETTLE_TIMEOUT, interval=0.2):
+        """Set the size and wait until the host sees it (polling QMP every
+        @interval s); return the seconds it took."""
         start = time.monotonic()
         self.set_size(size)
         wait_until(self.actual, timeout, f'QMP actual == {size}',
-                   ok=lambda a: a == size)
+                   ok=lambda a: a == size, interval=interval)
+        return time.monotonic() - start
+
+    def settle(self, size, timeout=SETTLE_TIMEOUT):
+        """Set the size and wait until both sides agree it is reached."""
+        start = time.monotonic()
+        self.reach(size, timeout)
         target = (self.ram - size) >> 12
         wait_until(self.stats, 30,
                    f'debugfs current == target == {target}, nothing in flight',

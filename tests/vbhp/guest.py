@@ -10,6 +10,7 @@ import tempfile
 import time
 
 from . import CACHE, TESTS_DIR
+from .hosts import Host
 from .kernels import Kernel, find_kernel
 from .qmp import Qmp
 
@@ -25,14 +26,6 @@ PROBLEM_PATTERNS = ('WARNING:', 'BUG:', 'Oops', 'Out of memory', 'Killed process
 
 # What an OOM-killer report prints; tolerated only in a test that expects one.
 OOM_REPORT_PATTERNS = ('Out of memory', 'Killed process', 'Call Trace')
-
-
-def _kvm_usable():
-    """/dev/kvm alone is not enough: a nested PVM hypervisor (no vmx/svm flag)
-    offers one that cannot run stock kernels."""
-    with open('/proc/cpuinfo') as f:
-        flags = re.search(r'^flags\s*:(.*)$', f.read(), re.M).group(1).split()
-    return os.access('/dev/kvm', os.R_OK | os.W_OK) and bool({'vmx', 'svm'} & set(flags))
 
 
 class BootCrash(RuntimeError):
@@ -52,11 +45,11 @@ class Guest:
     dir under .cache/run/; the runner removes it when the test passed."""
 
     def __init__(self, kernel='6.1', mem_mib=2048, smp=2, files=(), append='',
-                 qemu='qemu-system-x86_64', qemu_args=(), balloon_args='', trace=None):
+                 host=None, qemu_args=()):
         self.kernel = kernel if isinstance(kernel, Kernel) else find_kernel(kernel)
         self.mem_mib, self.smp, self.files, self.append = mem_mib, smp, list(files), append
-        self.qemu, self.qemu_args, self.balloon_args = qemu, list(qemu_args), balloon_args
-        self.trace_events = trace  # QEMU trace event pattern logged to trace.log
+        self.host = host or Host()
+        self.qemu_args = list(qemu_args)
         self.dir = self.console_path = self.proc = self.qmp = self._agent = None
         self._console_text = None  # snapshot taken when QEMU stops
         self.boot_seconds = None
@@ -100,20 +93,15 @@ class Guest:
         listener = socket.socket(socket.AF_UNIX)
         listener.bind(agent_path)
         listener.listen(1)
-        kvm = _kvm_usable()
         cmdline = f'console=ttyS0 panic=-1 {self.append}'.strip()
         qmp_path = os.path.join(self.dir, 'qmp.sock')
-        argv = [self.qemu, '-machine', 'q35', '-accel', 'kvm' if kvm else 'tcg,thread=multi',
-                '-cpu', 'host' if kvm else 'max', '-m', str(self.mem_mib), '-smp', str(self.smp),
-                '-nodefaults', '-nographic', '-no-reboot',
-                '-kernel', self.kernel.vmlinuz, '-initrd', initrd, '-append', cmdline,
-                '-serial', f'file:{self.console_path}',
-                '-chardev', f'socket,id=agent,path={agent_path}',
-                '-serial', 'chardev:agent',
-                '-device', 'virtio-balloon-pci,id=balloon0' + self.balloon_args,
-                '-qmp', f'unix:{qmp_path},server=on,wait=off', *self.qemu_args]
-        if self.trace_events:
-            argv += ['-d', f'trace:{self.trace_events}', '-D', os.path.join(self.dir, 'trace.log')]
+        argv = self.host.argv(self.mem_mib, self.smp, os.path.join(self.dir, 'trace.log'))
+        argv += ['-nodefaults', '-nographic', '-no-reboot',
+                 '-kernel', self.kernel.vmlinuz, '-initrd', initrd, '-append', cmdline,
+                 '-serial', f'file:{self.console_path}',
+                 '-chardev', f'socket,id=agent,path={agent_path}',
+                 '-serial', 'chardev:agent',
+                 '-qmp', f'unix:{qmp_path},server=on,wait=off', *self.qemu_args]
         self.qemu_log = os.path.join(self.dir, 'qemu.log')
         with open(self.qemu_log, 'w') as log:
             log.write(' '.join(argv) + '\n')
@@ -197,7 +185,7 @@ class Guest:
                 (line.split(':', 1) for line in self.sh('cat /proc/meminfo').splitlines())}
 
     def trace(self):
-        """QEMU's trace log so far (with trace= events enabled)."""
+        """QEMU's trace log so far (events of host.trace)."""
         try:
             with open(os.path.join(self.dir, 'trace.log'), errors='replace') as f:
                 return f.read()
