@@ -5,16 +5,14 @@ Boots one guest per init_on_alloc setting and, for each max_inflight value,
 loads the module, inflates 3 GiB of 4 GiB and deflates it again (rmmod in
 between), timing each from the QMP command to the host's actual reaching the
 target.  Prints median seconds of 3 runs per value.
-Usage: bench/max_inflight.py [KERNEL]
+Usage: PYTHONPATH=tests bench/max_inflight.py [KERNEL]
 """
-import os
 import statistics
 import sys
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', 'tests'))
-from vbhp import MiB  # noqa: E402
-from vbhp.balloon import Balloon, balloon_guest  # noqa: E402
-from vbhp.kernels import kernels  # noqa: E402
+from vbhp import MiB
+from vbhp.balloon import Balloon, balloon_guest
+from vbhp.kernels import kernels
 
 RAM = 4096 * MiB
 SMALL = 1024 * MiB

@@ -9,7 +9,7 @@ Same guest kernel, same workload, one variant after the other in one run:
 Stock QEMU is Debian's qemu-system-x86_64; the patched one is host/'s
 QEMU 10.0 with hp-block-order=9, so the last column also changes QEMU.
 
-Usage: bench/run.py [--quick] [--out DIR]
+Usage: PYTHONPATH=tests bench/run.py [--quick] [--out DIR]   (what make bench runs)
   --quick   2 GiB only, one run, first kernel: asserts every variant
             reaches its target (the smoke run make check does)
 Writes DIR/results.md and DIR/inflate-<kernel>.png (default: bench/).
@@ -21,16 +21,15 @@ import platform
 import re
 import statistics
 import subprocess
-import sys
 import time
 
+from vbhp import MiB
+from vbhp.balloon import INTREE_MODULE, Balloon, alloc_ms, balloon_guest, guest_files
+from vbhp.build import build_module
+from vbhp.hosts import Host, kvm_usable
+from vbhp.kernels import kernels
+
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(HERE, '..', 'tests'))
-from vbhp import MiB  # noqa: E402
-from vbhp.balloon import INTREE_MODULE, Balloon, alloc_ms, balloon_guest, guest_files  # noqa: E402
-from vbhp.build import build_module  # noqa: E402
-from vbhp.hosts import Host, kvm_usable  # noqa: E402
-from vbhp.kernels import kernels  # noqa: E402
 
 GiB = 1024 * MiB
 VARIANTS = (  # name, module, parameters, patched QEMU

@@ -10,7 +10,7 @@ import subprocess
 import sys
 import time
 
-from vbhp import MiB, ROOT, wait_until
+from vbhp import MiB, ROOT, TESTS_DIR, wait_until
 from vbhp.balloon import INTREE_MODULE, MODULE, Balloon, balloon_guest, suspend, trace_count
 from vbhp.build import build_module
 from vbhp.guest import Guest
@@ -41,7 +41,7 @@ def bench_quick():
     """make bench QUICK=1: every variant reaches its targets (no timing asserted)."""
     out = subprocess.run([sys.executable, os.path.join(ROOT, 'bench', 'run.py'), '--quick',
                           '--out', os.path.join(ROOT, '.cache', 'bench-quick')],
-                         capture_output=True, text=True)
+                         capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=TESTS_DIR))
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
 
 
