@@ -1,6 +1,6 @@
 """Tests of deflate on demand (issue 4): the shrinker, the OOM notifier and
 the /dev/virtio_balloon_hp ioctls, against QEMU with and without
-deflate-on-oom.  Imported by run_tests.py, which runs them."""
+deflate-on-oom.  Run by tests/run_tests.py."""
 import re
 import time
 
