@@ -2,7 +2,8 @@
 # Build the module for one guest kernel from .cache/kernels.list, at W=1 with
 # sparse (C=1), in a copy of the sources under .cache/build/<kver>/ so that
 # builds for several kernels do not overwrite each other.  Any compiler or
-# sparse warning fails the build.  Also builds the static selftests once.
+# sparse warning fails the build.  Also builds the static selftests once and
+# lists them in .cache/build/selftests/progs.list.
 #   tests/setup/build.sh 6.1        -> .cache/build/<kver>/virtio_balloon_hp.ko
 #   tests/setup/build.sh 6.1 hooks  -> .cache/build/<kver>-hooks/virtio_balloon_hp_hooks.ko
 #                                (VBHP_TEST_HOOKS=y: the test-only debugfs hooks)
@@ -40,9 +41,14 @@ if grep -E '^[^ ]+:[0-9]+:[0-9]+: ' "$log" >&2; then
 fi
 
 mkdir -p "$CACHE/build/selftests"
-make -s -C "$ROOT/selftests/virtio_balloon_hp" OUTPUT="$CACHE/build/selftests" \
-    KSFT_INC="$CACHE/linux-src-6.1/tools/testing/selftests" >/dev/null 2>"$CACHE/build/selftests.log" ||
+ksft=(make -s --no-print-directory -C "$ROOT/selftests/virtio_balloon_hp"
+      OUTPUT="$CACHE/build/selftests" KSFT_INC="$CACHE/linux-src-6.1/tools/testing/selftests")
+"${ksft[@]}" >/dev/null 2>"$CACHE/build/selftests.log" ||
     { cat "$CACHE/build/selftests.log" >&2; exit 1; }
+# The programs a test guest carries, as the selftests Makefile names them
+# (tests/vbhp/build.py reads this list).
+"${ksft[@]}" --eval='vbhp-list-progs: ; @echo $(TEST_GEN_PROGS) $(TEST_GEN_PROGS_EXTENDED)' \
+    vbhp-list-progs >"$CACHE/build/selftests/progs.list"
 ko=$out/virtio_balloon_hp.ko
 [[ $variant == floor ]] && ko=$out/vbhp_floor.ko
 [[ $variant == dma ]] && ko=$out/vbhp_dma.ko

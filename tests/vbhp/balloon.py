@@ -5,12 +5,11 @@ device's guest-stats); the guest's from /proc/meminfo, the driver's debugfs
 file and the vbhp_check kselftest.  Every wait has a deadline and says what
 it saw last when it runs out.
 """
-import os
 import re
 import time
 
 from . import MiB, wait_until
-from .build import SELFTEST_PROGS, SELFTESTS, build_module
+from .build import build_module, selftest_progs
 from .guest import Guest
 from .hosts import HP_TRACE, Host
 
@@ -23,8 +22,7 @@ SETTLE_TIMEOUT = 240  # seconds; TCG inflates a few hundred MiB/s
 def guest_files(kernel, hooks=False, extra=()):
     """Files for a test guest's /lib/vbhp: our module, the kselftest programs,
     @extra, and with @hooks the test-hooks build as virtio_balloon_hp_hooks.ko."""
-    files = [build_module(kernel)] + [os.path.join(SELFTESTS, p)
-                                      for p in SELFTEST_PROGS] + list(extra)
+    files = [build_module(kernel)] + selftest_progs() + list(extra)
     if hooks:
         files.append(build_module(kernel, 'hooks'))
     return files

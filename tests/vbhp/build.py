@@ -6,7 +6,6 @@ import subprocess
 from . import CACHE, TESTS_DIR
 
 SELFTESTS = os.path.join(CACHE, 'build', 'selftests')
-SELFTEST_PROGS = ('vbhp_check', 'vbhp_fragment', 'vbhp_ioctl', 'vbhp_alloc')
 
 
 def build_module(kernel, variant=''):
@@ -16,3 +15,11 @@ def build_module(kernel, variant=''):
                          capture_output=True, text=True)
     assert out.returncode == 0, f'build for {short} failed:\n{out.stderr}'
     return out.stdout.strip().splitlines()[-1]
+
+
+def selftest_progs():
+    """Paths of the built kselftest programs: TEST_GEN_PROGS and
+    TEST_GEN_PROGS_EXTENDED of selftests/virtio_balloon_hp/Makefile, as
+    build.sh (run by build_module) lists them."""
+    with open(os.path.join(SELFTESTS, 'progs.list')) as f:
+        return [os.path.join(SELFTESTS, os.path.basename(p)) for p in f.read().split()]
