@@ -19,20 +19,26 @@ variant=${2:-}
 read -r _ kver kdir < <(grep "^$short " "$CACHE/kernels.list") ||
     { echo "build: kernel $short is not in .cache/kernels.list (run tests/setup/setup.sh)" >&2; exit 1; }
 
+# shellcheck source=tests/setup/kbuild-lib.sh
+source "$ROOT/tests/setup/kbuild-lib.sh"
+
 out=$CACHE/build/$kver${variant:+-$variant}
 hooks=()
+case $variant in
+    ''|hooks) src=$ROOT ;;
+    floor) src=$ROOT/bench/floor ;;
+    dma) src=$ROOT/selftests/virtio_balloon_hp/dma ;;
+    *) echo "build: unknown variant '$variant': valid are hooks, floor, dma" >&2; exit 2 ;;
+esac
 [[ $variant == hooks ]] && hooks=(VBHP_TEST_HOOKS=y)
-mkdir -p "$out/uapi/linux"
-if [[ $variant == floor ]]; then
-    cp "$ROOT"/bench/floor/{Kbuild,vbhp_floor.c} "$out/"
-elif [[ $variant == dma ]]; then
-    cp "$ROOT"/selftests/virtio_balloon_hp/dma/{Kbuild,vbhp_dma.c} "$out/"
-else
-    cp "$ROOT"/{Kbuild,virtio_balloon_hp.c,balloon_hp.h,compat.h} "$out/"
-    cp "$ROOT/uapi/linux/virtio_balloon_hp.h" "$out/uapi/linux/"
-fi
+# Kbuild, the sources of its objects, the headers beside them and uapi/
+mkdir -p "$out"
+(cd "$src" && shopt -s nullglob &&
+    mapfile -t srcs < <(kbuild_sources . | tr ' ' '\n') &&
+    cp --parents Kbuild "${srcs[@]}" ./*.h "$out/" &&
+    if [[ -d uapi ]]; then cp -r uapi "$out/"; fi)
 log=$out/build.log
-if ! make -C "$kdir" M="$out" W=1 C=1 CHECK="sparse -Wno-decl" "${hooks[@]}" modules >"$log" 2>&1; then
+if ! make -C "$kdir" M="$out" W=1 C=1 "${hooks[@]}" modules >"$log" 2>&1; then
     cat "$log" >&2; echo "build: $kver: make failed" >&2; exit 1
 fi
 # kbuild prints nothing else for a clean build; anything with file:line is a finding
@@ -47,11 +53,11 @@ ksft=(make -s --no-print-directory -C "$ROOT/selftests/virtio_balloon_hp"
     { cat "$CACHE/build/selftests.log" >&2; exit 1; }
 # The programs a test guest carries, as the selftests Makefile names them
 # (tests/vbhp/build.py reads this list).
+# shellcheck disable=SC2016  # make's $(...), not the shell's
 "${ksft[@]}" --eval='vbhp-list-progs: ; @echo $(TEST_GEN_PROGS) $(TEST_GEN_PROGS_EXTENDED)' \
     vbhp-list-progs >"$CACHE/build/selftests/progs.list"
-ko=$out/virtio_balloon_hp.ko
-[[ $variant == floor ]] && ko=$out/vbhp_floor.ko
-[[ $variant == dma ]] && ko=$out/vbhp_dma.ko
+read -r ko _ < <(kbuild_modules "$src")
+ko=$out/$ko
 if [[ $variant == hooks ]]; then
     # same module, another file name, so an initramfs can carry both
     cp "$ko" "$out/virtio_balloon_hp_hooks.ko"
