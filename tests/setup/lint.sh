@@ -9,7 +9,7 @@ CP=$ROOT/.cache/linux-src-6.1/scripts/checkpatch.pl
 [[ -x $CP || -f $CP ]] || { echo "lint: $CP missing (run tests/setup/setup.sh)" >&2; exit 1; }
 cd "$ROOT"
 files=(virtio_balloon_hp.c uapi/linux/virtio_balloon_hp.h
-       selftests/virtio_balloon_hp/*.c selftests/virtio_balloon_hp/dma/*.c
+       selftests/virtio_balloon_hp/*.[ch] selftests/virtio_balloon_hp/dma/*.c
        bench/floor/*.c)
 # CAMELCASE: the only CamelCase names are the kernel's own (__SetPageOffline).
 opts=(--strict --no-tree --terse --show-types --ignore CAMELCASE)
