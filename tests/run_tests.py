@@ -320,7 +320,8 @@ def kselftest_in_guest(kernel):
                           'install'], capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
     files = [os.path.join(inst, f) for f in os.listdir(inst)]
-    progs = ['vbhp_config', 'vbhp_target', 'vbhp_check', 'vbhp_ioctl']
+    with open(os.path.join(inst, 'vbhp_tests.list')) as f:
+        progs = f.read().split()
     always = {'current == target: not asked (-t): vbhp_target checks it',
               'DEFLATE below 4 GiB: no -l'}
     skips = {False: always | {'ENOSPC: no deflate-on-oom', 'ENOSPC below 4 GiB: no deflate-on-oom',

@@ -2,8 +2,8 @@
 # SPDX-License-Identifier: GPL-2.0
 #
 # vbhp_run.sh PROGRAM... - run virtio_balloon_hp selftests without a kernel
-# tree (make run_tests, or an installed copy with no argument: every test
-# program beside this script).  Prints TAP 13 as the kernel's kselftest
+# tree (make run_tests, or an installed copy with no argument: the test
+# programs listed in vbhp_tests.list beside this script).  Prints TAP 13 as the kernel's kselftest
 # runner does: each program's own TAP indented as "# " lines, then
 # "ok N selftests: virtio_balloon_hp: PROG [# SKIP]" or "not ok N ...".
 # Exit code 4 (KSFT_SKIP) counts as a skip; the timeout in "settings"
@@ -15,7 +15,6 @@
 
 DIR=$(cd "$(dirname "$0")" && pwd)
 COLLECTION=virtio_balloon_hp
-TESTS="vbhp_config vbhp_target vbhp_check vbhp_ioctl"
 
 timeout_s=45
 if [ -r "$DIR/settings" ]; then
@@ -23,7 +22,9 @@ if [ -r "$DIR/settings" ]; then
 	[ -n "$t" ] && timeout_s=$t
 fi
 if [ $# -eq 0 ]; then
-	for t in $TESTS; do
+	# an installed copy: make install wrote the list of test programs
+	[ -r "$DIR/vbhp_tests.list" ] || { echo "$0: no $DIR/vbhp_tests.list" >&2; exit 1; }
+	for t in $(cat "$DIR/vbhp_tests.list"); do
 		set -- "$@" "$DIR/$t"
 	done
 fi
