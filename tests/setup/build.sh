@@ -46,9 +46,10 @@ if grep -E '^[^ ]+:[0-9]+:[0-9]+: ' "$log" >&2; then
     echo "build: $kver: warnings above (W=1 / sparse)" >&2; exit 1
 fi
 
+# standalone build (our vbhp_ksft.h), static: the test initramfs has no libc
 mkdir -p "$CACHE/build/selftests"
 ksft=(make -s --no-print-directory -C "$ROOT/selftests/virtio_balloon_hp"
-      OUTPUT="$CACHE/build/selftests" KSFT_INC="$CACHE/linux-src-6.1/tools/testing/selftests")
+      OUTPUT="$CACHE/build/selftests" USERLDFLAGS=-static)
 "${ksft[@]}" >/dev/null 2>"$CACHE/build/selftests.log" ||
     { cat "$CACHE/build/selftests.log" >&2; exit 1; }
 # The programs a test guest carries, as the selftests Makefile names them

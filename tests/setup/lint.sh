@@ -28,7 +28,7 @@ while read -r dir; do
         [[ -n ${ignore[$f]:-} ]] || files+=("$f")
     done
 done < <(find . -path ./.cache -prune -o -name Kbuild -printf '%h\n' | sed 's|^\./||' | sort)
-files+=(uapi/linux/*.h selftests/virtio_balloon_hp/*.c)
+files+=(uapi/linux/*.h selftests/virtio_balloon_hp/*.[ch])
 
 # CAMELCASE: the only CamelCase names are the kernel's own (__SetPageOffline).
 opts=(--strict --no-tree --terse --show-types --ignore CAMELCASE)
