@@ -233,6 +233,10 @@ struct vbhp_xfer {
  * @debugfs_inject: the test-only injection file (VBHP_TEST_HOOKS builds).
  * @test_no_shrinker: the shrinker reports nothing, so that tests reach the
  *	OOM notifier; set only through a VBHP_TEST_HOOKS debugfs file.
+ * @test_fail_sends: that many more buffers fail to be queued, as on a
+ *	broken device; VBHP_TEST_HOOKS debugfs, decremented under @lock.
+ * @test_fail_restore: the next restore fails before it sets up queues;
+ *	VBHP_TEST_HOOKS debugfs.
  */
 struct vbhp {
 	struct virtio_device *vdev;
@@ -270,6 +274,8 @@ struct vbhp {
 	struct dentry *debugfs;
 	struct dentry *debugfs_inject;
 	bool test_no_shrinker;
+	u32 test_fail_sends;
+	bool test_fail_restore;
 };
 
 #endif /* _VBHP_BALLOON_HP_H */

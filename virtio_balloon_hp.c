@@ -479,6 +479,22 @@ static bool vbhp_xfer_wait(struct vbhp *vb, struct vbhp_xfer *x)
 	return true;
 }
 
+#ifdef VBHP_TEST_HOOKS
+/* Test builds: refuse the next test_fail_sends buffers, as a broken queue. */
+static int vbhp_xfer_test_fail(struct vbhp *vb)
+{
+	if (!vb->test_fail_sends)
+		return 0;
+	vb->test_fail_sends--;
+	return -EIO;
+}
+#else
+static inline int vbhp_xfer_test_fail(struct vbhp *vb)
+{
+	return 0;
+}
+#endif
+
 /*
  * Send the buffer being filled, if it holds anything.  A buffer the queue
  * refuses (a broken device, or no room to map it for DMA) is not counted
@@ -494,7 +510,8 @@ static bool vbhp_xfer_send(struct vbhp *vb, struct vbhp_xfer *x)
 	if (!buf->nr_pfns)
 		return true;
 	sg_init_one(&sg, buf->pfns, buf->nr_pfns * sizeof(buf->pfns[0]));
-	err = virtqueue_add_outbuf(x->vq, &sg, 1, buf, GFP_KERNEL);
+	err = vbhp_xfer_test_fail(vb) ?:
+	      virtqueue_add_outbuf(x->vq, &sg, 1, buf, GFP_KERNEL);
 	if (err) {
 		dev_warn_ratelimited(&vb->vdev->dev, "%s buffer not sent: %d\n",
 				     vbhp_xfer_names[x->id], err);
@@ -1407,9 +1424,30 @@ static const struct file_operations vbhp_dbg_inject_fops = {
 	.write = vbhp_dbg_inject_write,
 };
 
+/* Test builds only: writing to <module>_break breaks the device. */
+static ssize_t vbhp_dbg_break_write(struct file *file,
+				    const char __user *ubuf, size_t len,
+				    loff_t *ppos)
+{
+	struct vbhp *vb = file->private_data;
+
+	virtio_break_device(vb->vdev);
+	wake_up(&vb->acked);
+	return len;
+}
+
+static const struct file_operations vbhp_dbg_break_fops = {
+	.owner = THIS_MODULE,
+	.open = simple_open,
+	.write = vbhp_dbg_break_write,
+};
+
 /*
  * Test builds only: writing Y to <module>_no_shrinker makes the shrinker
- * report nothing, so that a test reaches the OOM notifier.
+ * report nothing, so that a test reaches the OOM notifier; a number in
+ * <module>_fail_sends makes that many buffers fail to be queued;
+ * <module>_break breaks the device as a surprise removal does; Y in
+ * <module>_fail_restore makes the next restore fail.
  */
 static void vbhp_dbg_init_hooks(struct vbhp *vb)
 {
@@ -1418,10 +1456,24 @@ static void vbhp_dbg_init_hooks(struct vbhp *vb)
 						 &vbhp_dbg_inject_fops);
 	debugfs_create_bool(KBUILD_MODNAME "_no_shrinker", 0600, NULL,
 			    &vb->test_no_shrinker);
+	debugfs_create_u32(KBUILD_MODNAME "_fail_sends", 0600, NULL,
+			   &vb->test_fail_sends);
+	debugfs_create_file(KBUILD_MODNAME "_break", 0200, NULL, vb,
+			    &vbhp_dbg_break_fops);
+	debugfs_create_bool(KBUILD_MODNAME "_fail_restore", 0600, NULL,
+			    &vb->test_fail_restore);
+}
+
+static bool vbhp_dbg_fail_restore(struct vbhp *vb)
+{
+	return vb->test_fail_restore;
 }
 
 static void vbhp_dbg_exit_hooks(struct vbhp *vb)
 {
+	debugfs_lookup_and_remove(KBUILD_MODNAME "_fail_restore", NULL);
+	debugfs_lookup_and_remove(KBUILD_MODNAME "_break", NULL);
+	debugfs_lookup_and_remove(KBUILD_MODNAME "_fail_sends", NULL);
 	debugfs_lookup_and_remove(KBUILD_MODNAME "_no_shrinker", NULL);
 	debugfs_remove(vb->debugfs_inject);
 }
@@ -1430,6 +1482,11 @@ static void vbhp_dbg_exit_hooks(struct vbhp *vb)
 
 static inline void vbhp_dbg_init_hooks(struct vbhp *vb)
 {
+}
+
+static inline bool vbhp_dbg_fail_restore(struct vbhp *vb)
+{
+	return false;
 }
 
 static inline void vbhp_dbg_exit_hooks(struct vbhp *vb)
@@ -1459,6 +1516,11 @@ static inline void vbhp_dbg_init(struct vbhp *vb)
 
 static inline void vbhp_dbg_exit(struct vbhp *vb)
 {
+}
+
+static inline bool vbhp_dbg_fail_restore(struct vbhp *vb)
+{
+	return false;
 }
 
 #endif /* CONFIG_DEBUG_FS */
@@ -1655,14 +1717,9 @@ out_del_vqs:
 	return err;
 }
 
-/*
- * Every block goes back through the host, then the device is reset.  Does
- * nothing without queues (a restore that failed left none).
- */
-static void vbhp_dev_teardown(struct vbhp *vb)
+/* Every block goes back through the host. */
+static void vbhp_dev_empty(struct vbhp *vb)
 {
-	if (!vb->xfer[VBHP_XFER_INFLATE].vq)
-		return;
 	mutex_lock(&vb->lock);
 	vbhp_deflate(vb, vb->num_pages, ULONG_MAX);
 	vbhp_cfg_update_actual(vb);
@@ -1672,8 +1729,21 @@ static void vbhp_dev_teardown(struct vbhp *vb)
 		dev_warn(&vb->vdev->dev, "device broken: %lu MiB stay ballooned for good\n",
 			 vb->num_pages >> (20 - PAGE_SHIFT));
 	mutex_unlock(&vb->lock);
+}
 
+/*
+ * Empty the balloon, reset the device, free the queues.  A restore that
+ * failed left no queues and an empty balloon: then only the reset is due.
+ */
+static void vbhp_dev_teardown(struct vbhp *vb)
+{
+	bool queues = vb->xfer[VBHP_XFER_INFLATE].vq;
+
+	if (queues)
+		vbhp_dev_empty(vb);
 	virtio_reset_device(vb->vdev);
+	if (!queues)
+		return;
 	vbhp_dev_free_xfers(vb);
 	vbhp_dev_del_vqs(vb);
 }
@@ -1753,6 +1823,8 @@ static int vbhp_restore(struct virtio_device *vdev)
 	struct vbhp *vb = vdev->priv;
 	int err;
 
+	if (vbhp_dbg_fail_restore(vb))
+		return -ENOMEM;
 	err = vbhp_dev_setup(vb);
 	if (err)
 		return err;
