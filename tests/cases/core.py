@@ -7,7 +7,8 @@ import sys
 import time
 
 from vbhp import MiB, ROOT, TESTS_DIR, wait_until
-from vbhp.balloon import INTREE_MODULE, MODULE, Balloon, balloon_guest, suspend, trace_count
+from vbhp.balloon import (HOOKS_MODULE, INTREE_MODULE, MODULE, Balloon, balloon_guest, suspend,
+                          trace_count)
 from vbhp.build import build_module
 from vbhp.guest import Guest
 from vbhp.hosts import HP_ORDER
@@ -250,7 +251,7 @@ def hp_malformed_buffers_rejected(kernel):
     host keeps serving good ones (test-hooks build)."""
     with balloon_guest(kernel, 1024, hp=True, hooks=True) as g:
         b = Balloon(g)
-        b.load(module='/lib/vbhp/virtio_balloon_hp_hooks.ko')
+        b.load(module=HOOKS_MODULE)
         inject = '/sys/kernel/debug/virtio_balloon_hp_inject'
         beyond = (64 << 30) >> 12  # 64 GiB: 2 MiB aligned, far past RAM
         g.sh(f'echo hp_inflate 0x1 {beyond} > {inject}')

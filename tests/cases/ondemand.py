@@ -5,7 +5,7 @@ import re
 import time
 
 from vbhp import MiB, wait_until
-from vbhp.balloon import Balloon, alloc_ms, balloon_guest, suspend, trace_count
+from vbhp.balloon import HOOKS_MODULE, Balloon, alloc_ms, balloon_guest, suspend, trace_count
 from vbhp.build import build_module
 from vbhp.runner import test
 
@@ -85,7 +85,7 @@ def on_demand_oom_notifier(kernel):
     succeeds, the balloon gives back 64 MiB per OOM call, nobody is killed."""
     with balloon_guest(kernel, 1024, deflate_on_oom=True, hooks=True) as g:
         b = Balloon(g)
-        b.load(module='/lib/vbhp/virtio_balloon_hp_hooks.ko')
+        b.load(module=HOOKS_MODULE)
         g.sh('echo Y > /sys/kernel/debug/virtio_balloon_hp_no_shrinker')
         s0 = b.fill()
         rc, out = g.run('vbhp_alloc -m 384', timeout=300)

@@ -14,6 +14,7 @@ from .guest import Guest
 from .hosts import HP_TRACE, Host
 
 MODULE = '/lib/vbhp/virtio_balloon_hp.ko'
+HOOKS_MODULE = '/lib/vbhp/virtio_balloon_hp_hooks.ko'  # the test-hooks build (VBHP_TEST_HOOKS)
 INTREE_MODULE = '/lib/vbhp/virtio_balloon.ko'  # the kernel's own driver, in guests that carry it
 DEBUGFS = '/sys/kernel/debug/virtio_balloon_hp'
 SETTLE_TIMEOUT = 240  # seconds; TCG inflates a few hundred MiB/s

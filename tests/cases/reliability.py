@@ -1,0 +1,99 @@
+"""Reliability: a device that refuses buffers, breaks, or fails to come
+back from suspend loses nothing and hangs nothing.  The faults come from
+the test-hooks build (VBHP_TEST_HOOKS); the host is stock QEMU.  Run by
+tests/run_tests.py."""
+import re
+import time
+
+from vbhp import MiB, wait_until
+from vbhp.balloon import HOOKS_MODULE, Balloon, balloon_guest, suspend
+from vbhp.runner import test
+
+HOOK = '/sys/kernel/debug/virtio_balloon_hp_'   # + fail_sends, break, fail_restore
+BALLOON_DEV = '/machine/peripheral/balloon0'
+
+
+@test
+def refused_buffers_lose_nothing(kernel):
+    """Buffers the virtqueue refuses (as on a broken device or a full
+    swiotlb) are not counted in flight: their blocks are put back and the
+    balloon still reaches every target exactly, inflating and deflating."""
+    with balloon_guest(kernel, 2048, hooks=True) as g:
+        b = Balloon(g)
+        b.load(module=HOOKS_MODULE)
+        b.settle(1536 * MiB)
+        for size in (768 * MiB, 1792 * MiB):      # inflate, then deflate
+            g.sh(f'echo 3 > {HOOK}fail_sends')
+            b.settle(size)
+            assert g.sh(f'cat {HOOK}fail_sends').strip() == '0', 'not every refusal happened'
+            b.check()
+        errors = b.stats()['xfer_errors']
+        assert errors == 6, f'xfer_errors == {errors}, want 6'
+        assert 'buffer not sent: -5' in g.sh('dmesg')
+        g.sh('rmmod virtio_balloon_hp')
+        assert g.meminfo()['MemTotal'] == b.boot_kb
+        assert b.actual() == 2048 * MiB, b.actual()
+
+
+@test
+def broken_device_never_hangs(kernel):
+    """A device that breaks mid-inflate (virtio_break_device(), as a surprise
+    removal does) ends every wait: the worker stops, rmmod returns, and the
+    blocks the host may still hold stay ballooned, said in the log."""
+    with balloon_guest(kernel, 2048, hooks=True) as g:
+        b = Balloon(g)
+        b.load(module=HOOKS_MODULE)
+        b.set_size(512 * MiB)
+        wait_until(lambda: b.stats()['current'], 120, 'the inflate under way',
+                   ok=lambda c: c >= (256 * MiB) >> 12)
+        g.sh(f'echo 1 > {HOOK}break')
+        b.set_size(1024 * MiB)          # the worker runs again, on the broken device
+        wait_until(lambda: 'device broken: the balloon stays' in g.sh('dmesg'), 30,
+                   'the worker to stop on the broken device')
+        held = b.stats()['current']
+        t = time.monotonic()
+        g.sh('rmmod virtio_balloon_hp', timeout=60)
+        g.log(f'rmmod on the broken device took {time.monotonic() - t:.1f} s, '
+              f'{held >> 8} MiB held')
+        kept = re.search(r'device broken: (\d+) MiB stay ballooned', g.sh('dmesg'))
+        assert kept, 'teardown did not say what stays ballooned'
+        assert int(kept.group(1)) == held >> 8, (kept.group(0), held)
+        assert g.meminfo()['MemTotal'] == b.boot_kb - held * 4, 'MemTotal off'
+
+
+@test
+def failed_restore_then_rmmod(kernel):
+    """A restore that fails leaves no stale queue pointer behind: rmmod
+    afterwards neither crashes nor deletes the queues twice, and MemTotal is
+    exact (freeze had emptied the balloon through the host)."""
+    with balloon_guest(kernel, 2048, hooks=True) as g:
+        b = Balloon(g)
+        b.load(module=HOOKS_MODULE)
+        b.settle(1024 * MiB)
+        g.sh(f'echo Y > {HOOK}fail_restore')
+        suspend(g)
+        assert 'error -12' in g.sh('dmesg'), 'the restore did not fail'
+        g.sh('rmmod virtio_balloon_hp', timeout=60)
+        assert g.meminfo()['MemTotal'] == b.boot_kb
+
+
+@test
+def stats_flow_after_restore(kernel):
+    """The stats buffer is handed back on restore before the driver could
+    drop the host's first request: guest-stats keep updating after a
+    suspend."""
+    with balloon_guest(kernel, 2048) as g:
+        b = Balloon(g)
+        b.load()
+        g.qmp.cmd('qom-set', path=BALLOON_DEV, property='guest-stats-polling-interval',
+                  value=1)
+
+        def last_update():
+            return g.qmp.cmd('qom-get', path=BALLOON_DEV, property='guest-stats')['last-update']
+
+        before = wait_until(last_update, 30, 'guest stats flowing', ok=bool)
+        suspend(g)
+        resumed = time.time()
+        wait_until(last_update, 30, 'guest-stats last-update past the resume',
+                   ok=lambda t: t > resumed + 1)
+        assert last_update() > before
