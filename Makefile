@@ -10,7 +10,8 @@
 #   make demo             boot a guest and inflate/deflate it live
 #   make bench            side by side with the in-tree driver -> bench/results.md
 #                         (QUICK=1: 2 GiB, one run, into .cache/bench-quick/)
-#   make lint             checkpatch --strict and sparse against KDIR
+#   make lint             checkpatch --strict over the sources (sparse and W=1
+#                         run in every make check build: tests/setup/build.sh)
 
 KDIR ?= /lib/modules/$(shell uname -r)/build
 PYTHON ?= /usr/bin/python3
