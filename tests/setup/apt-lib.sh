@@ -32,3 +32,13 @@ mirror_uri() {
     [[ -n $uri ]] || die "no $suite mirror found in the apt sources"
     echo "$uri"
 }
+
+# trixie's Release is signed with keys bookworm's keyring got in an update
+# (2023.3+deb12u2 has them): update the keyring first if older.
+ensure_trixie_keyring() {
+    dpkg --compare-versions "$(dpkg-query -W -f='${Version}' \
+        debian-archive-keyring 2>/dev/null || echo 0)" ge 2023.3+deb12u2 && return
+    apt_update_once
+    log "updating debian-archive-keyring (for trixie's signatures)"
+    "${APT[@]}" install --no-install-recommends debian-archive-keyring
+}

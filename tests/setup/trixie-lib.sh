@@ -16,7 +16,7 @@ TRIXIE_UPDATED=
 # The chroot's apt sources, one-line format, mirrors taken from the host's.
 trixie_sources() {
     local main security
-    main=$(mirror_uri) security=$(mirror_uri bookworm-security)
+    main=$(mirror_uri bookworm) security=$(mirror_uri bookworm-security)
     echo "deb $main trixie main"
     echo "deb $main trixie-updates main"
     echo "deb $security trixie-security main"
@@ -32,6 +32,7 @@ trixie_ensure() {
         log "trixie chroot already made"
         return
     fi
+    ensure_trixie_keyring
     log "making the trixie chroot ${TRIXIE#"$ROOT"/} (mmdebstrap)"
     rm -rf "$TRIXIE.new" "$TRIXIE"
     mmdebstrap --quiet --variant=apt --skip=cleanup/apt/lists \
