@@ -94,7 +94,7 @@ def _known_kernels():
 
 
 def find_kernel(short):
-    """The Kernel called short ('6.1', '6.12') in .cache/kernels.list."""
+    """The Kernel called short ('6.1', '6.12', '6.12-cloud', '7.3') in .cache/kernels.list."""
     known = _known_kernels()
     if short not in known:
         raise RuntimeError(f'kernel {short} not set up: run VBHP_KERNELS={short} tests/setup/setup.sh')
