@@ -124,7 +124,8 @@ mkdir -p "$CACHE"
 install_packages
 extract_linux_source
 for short in $KERNELS; do
-    [[ $short == 6.1 ]] || { trixie_ensure; break; }
+    read -r apt _ < <(kernel_source "$short")
+    [[ $apt == host ]] || { trixie_ensure; break; }
 done
 
 LIST=$CACHE/kernels.list
