@@ -42,7 +42,7 @@ demo:
 bench:
 	bash tests/setup/setup.sh
 	bash host/build-qemu.sh
-	$(PYTHON) bench/run.py $(if $(QUICK),--quick --out .cache/bench-quick)
+	PYTHONPATH=tests $(PYTHON) bench/run.py $(if $(QUICK),--quick --out .cache/bench-quick)
 
 lint:
 	bash tests/setup/lint.sh $(KDIR)
