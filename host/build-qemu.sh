@@ -61,7 +61,7 @@ have_binary_backports() {
 # binary bookworm-backports (for meson) when nobody else provides it.
 ensure_sources() {
     local uri want
-    uri=$(mirror_uri)
+    uri=$(mirror_uri bookworm)
     want="# Written by host/build-qemu.sh (virtio_balloon_hp): QEMU 10.0 source
 Types: deb-src
 URIs: $uri
@@ -78,14 +78,7 @@ Components: main
 Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg"
     fi
     [[ -f $SRC_LIST && $(<"$SRC_LIST") == "$want" ]] && return
-    # trixie's Release is signed with keys bookworm's keyring got in an
-    # update (2023.3+deb12u2 has them): update the keyring first if older.
-    if ! dpkg --compare-versions "$(dpkg-query -W -f='${Version}' \
-            debian-archive-keyring 2>/dev/null || echo 0)" ge 2023.3+deb12u2; then
-        apt_update_once
-        log "updating debian-archive-keyring (for trixie's signatures)"
-        "${APT[@]}" install --no-install-recommends debian-archive-keyring
-    fi
+    ensure_trixie_keyring
     log "writing $SRC_LIST"
     echo "$want" >"$SRC_LIST"
     UPDATED=

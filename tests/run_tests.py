@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """End-to-end tests of virtio_balloon_hp: real guests under QEMU, both sides.
 
-Usage: tests/run_tests.py [NAME-SUBSTRING ...]   (env VBHP_KERNELS="6.1 6.12")
+Usage: tests/run_tests.py [NAME-SUBSTRING ...]   (env VBHP_KERNELS="6.1 6.12 6.12-cloud 7.3")
 Every test runs once per guest kernel and fails on any WARN, BUG, oops,
 lockdep report or OOM message in that guest's kernel log.  The library is
 tests/vbhp/, the tests are in tests/cases/.

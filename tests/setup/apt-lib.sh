@@ -16,19 +16,29 @@ apt_update_once() {
     UPDATED=1
 }
 
-# The Debian mirror this machine uses for bookworm (deb822 or one-line
-# format): scripts that add a suite take its URI from here, never a name of
-# their own.
+# The Debian mirror this machine uses for SUITE (default bookworm; deb822 or
+# one-line format): scripts that add a suite take its URI from here, never a
+# name of their own.  mirror_uri bookworm-security gives the security mirror.
 mirror_uri() {
-    local f=/etc/apt/sources.list.d/debian.sources uri=
-    [[ -f $f ]] && uri=$(awk '/^#/ {next}
+    local suite=${1:-bookworm} f=/etc/apt/sources.list.d/debian.sources uri=
+    [[ -f $f ]] && uri=$(awk -v want="$suite" '/^#/ {next}
         NF == 0 { if (bw && uri) exit; bw = 0; uri = ""; next }
         $1 == "URIs:" { uri = $2 }
-        $1 == "Suites:" { for (i = 2; i <= NF; i++) if ($i == "bookworm") bw = 1 }
+        $1 == "Suites:" { for (i = 2; i <= NF; i++) if ($i == want) bw = 1 }
         END { if (bw && uri) print uri }' "$f")
-    [[ -z $uri && -f /etc/apt/sources.list ]] && uri=$(awk '$1 == "deb" {
+    [[ -z $uri && -f /etc/apt/sources.list ]] && uri=$(awk -v want="$suite" '$1 == "deb" {
         i = 2; if ($i ~ /^\[/) { while ($i !~ /\]$/) i++; i++ }
-        if ($(i + 1) == "bookworm") { print $i; exit } }' /etc/apt/sources.list)
-    [[ -n $uri ]] || die "no bookworm mirror found in the apt sources"
+        if ($(i + 1) == want) { print $i; exit } }' /etc/apt/sources.list)
+    [[ -n $uri ]] || die "no $suite mirror found in the apt sources"
     echo "$uri"
+}
+
+# trixie's Release is signed with keys bookworm's keyring got in an update
+# (2023.3+deb12u2 has them): update the keyring first if older.
+ensure_trixie_keyring() {
+    dpkg --compare-versions "$(dpkg-query -W -f='${Version}' \
+        debian-archive-keyring 2>/dev/null || echo 0)" ge 2023.3+deb12u2 && return
+    apt_update_once
+    log "updating debian-archive-keyring (for trixie's signatures)"
+    "${APT[@]}" install --no-install-recommends debian-archive-keyring
 }

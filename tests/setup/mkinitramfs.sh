@@ -5,24 +5,30 @@
 # (no balloon driver), and runs a shell agent on /dev/ttyS1:
 #   guest prints "@@VBHP-READY" once, then for each line it reads runs
 #   sh -c "$line" and writes the output (stdout+stderr) and "@@VBHP-END <rc>".
-# FILEs land in /lib/vbhp/ (on PATH); *.ko.xz are decompressed to *.ko, and the
-# shared libraries of dynamically linked executables are copied along.
+# FILEs land in /lib/vbhp/ (on PATH); *.ko.xz and *.ko.zst are decompressed to
+# *.ko, and the shared libraries of dynamically linked executables are copied along.
 set -euo pipefail
 
 [[ $# -ge 2 ]] || { echo "usage: $0 KVER OUT.cpio.gz [FILE...]" >&2; exit 2; }
 KVER=$1 OUT=$2
 shift 2
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
-MODDIR=$ROOT/.cache/kernels/$KVER/lib/modules/$KVER
-[[ -d $MODDIR ]] || { echo "$0: $MODDIR missing: run tests/setup/setup.sh" >&2; exit 1; }
+# Debian 12 ships modules in /lib/modules, Debian 13 in /usr/lib/modules
+MODDIR=$ROOT/.cache/kernels/$KVER/usr/lib/modules/$KVER
+[[ -d $MODDIR ]] || MODDIR=$ROOT/.cache/kernels/$KVER/lib/modules/$KVER
+[[ -d $MODDIR ]] || { echo "$0: no modules of $KVER in .cache/kernels: run tests/setup/setup.sh" >&2; exit 1; }
 
 STAGE=$(mktemp -d)
 trap 'rm -rf "$STAGE"' EXIT
 mkdir -p "$STAGE"/{dev,proc,sys,tmp,lib/modules,lib/vbhp}
 
-# copy_in SRC DST: copy, decompressing a .xz source
+# copy_in SRC DST: copy, decompressing a .xz or .zst source
 copy_in() {
-    if [[ $1 == *.xz ]]; then xz -dc "$1" >"$2"; else cp -L "$1" "$2"; fi
+    case $1 in
+    *.xz) xz -dc "$1" >"$2" ;;
+    *.zst) zstd -qdc "$1" >"$2" ;;
+    *) cp -L "$1" "$2" ;;
+    esac
 }
 
 install -D /bin/busybox "$STAGE/bin/busybox"
@@ -30,18 +36,18 @@ for applet in $(busybox --list-full); do
     [[ -e $STAGE/$applet ]] || { mkdir -p "$STAGE/$(dirname "$applet")"; ln -s /bin/busybox "$STAGE/$applet"; }
 done
 
-# virtio PCI transport: built in on 6.12, modules on 6.1 (load order matters)
+# virtio PCI transport: built in from 6.12 on, modules on 6.1 (load order matters)
 MODULES=
 for m in virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci; do
     grep -q "/$m\.ko$" "$MODDIR/modules.builtin" && continue
-    ko=$(find "$MODDIR/kernel" \( -name "$m.ko" -o -name "$m.ko.xz" \) -print -quit)
+    ko=$(find "$MODDIR/kernel" -regex ".*/$m\.ko\(\.xz\|\.zst\)?" -print -quit)
     [[ -n $ko ]] || { echo "$0: $m is neither built in nor a module of $KVER" >&2; exit 1; }
     copy_in "$ko" "$STAGE/lib/modules/$m.ko"
     MODULES+=" $m"
 done
 
 for f in "$@"; do
-    name=$(basename "${f%.xz}")
+    name=$(basename "$f") name=${name%.xz} name=${name%.zst}
     copy_in "$f" "$STAGE/lib/vbhp/$name"
     if [[ -x $f ]] && ldd "$f" >/dev/null 2>&1; then
         for lib in $(ldd "$f" | grep -o '/[^ ]*'); do

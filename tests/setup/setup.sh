@@ -1,35 +1,29 @@
 #!/bin/bash
 # Install and cache everything the tests need; safe to run again (skips done work).
-#   VBHP_KERNELS="6.1 6.12"   guest kernels to fetch (default: both)
+#   VBHP_KERNELS="6.1 6.12 6.12-cloud 7.3"   guest kernels to fetch (default: all)
+# 6.1 is Debian 12's, through the host's apt; 6.12 (generic and -cloud) is
+# Debian 13's and 7.3 trixie-backports', through the apt of a trixie chroot
+# (.cache/trixie-root, see trixie-lib.sh), which also builds the module for them.
 # Results: .cache/kernels/<kver>/ (image + headers extracted, never installed),
 # .cache/kernels.list ("<short> <kver> <headers dir>"), .cache/linux-src-6.1/.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 CACHE=$ROOT/.cache
-KERNELS=${VBHP_KERNELS:-6.1 6.12}
-BPO_SOURCES=/etc/apt/sources.list.d/virtio-balloon-hp-backports.sources
-PACKAGES=(qemu-system-x86 busybox-static gcc make libc6-dev python3 cpio xz-utils
+ALL_KERNELS="6.1 6.12 6.12-cloud 7.3"
+KERNELS=${VBHP_KERNELS:-$ALL_KERNELS}
+PACKAGES=(qemu-system-x86 busybox-static gcc make libc6-dev python3 cpio
+          xz-utils zstd            # compressed modules (.ko.xz, .ko.zst)
           kmod sparse bc linux-source-6.1
           libelf1 libssl3 pahole   # needed by the kernels' kbuild tools
+          mmdebstrap               # the trixie chroot
           gnuplot-nox)             # make bench's plot
 START=$SECONDS
 LOG_TAG=setup
 # shellcheck source=tests/setup/apt-lib.sh
 source "$ROOT/tests/setup/apt-lib.sh"
-
-ensure_backports() {
-    local want
-    want="Types: deb
-URIs: $(mirror_uri)
-Suites: bookworm-backports
-Components: main
-Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg"
-    [[ -f $BPO_SOURCES && $(<"$BPO_SOURCES") == "$want" ]] && return
-    log "writing $BPO_SOURCES"
-    echo "$want" >"$BPO_SOURCES"
-    apt_update_once  # the new suite's lists are needed to resolve 6.12
-}
+# shellcheck source=tests/setup/trixie-lib.sh
+source "$ROOT/tests/setup/trixie-lib.sh"
 
 install_packages() {
     local p missing=()
@@ -56,54 +50,96 @@ extract_linux_source() {
     touch "$dst/.done"
 }
 
-# ABI name (e.g. 6.1.0-35-amd64) the linux-headers-amd64 metapackage points to:
-# 6.1 from bookworm (incl. security updates), 6.12 from bookworm-backports.
-resolve_kver() {
-    local short=$1 target=()
-    [[ $short == 6.1 ]] || target=(-t bookworm-backports)
-    apt-cache "${target[@]}" depends linux-headers-amd64 2>/dev/null |
-        sed -n 's/^ *Depends: linux-headers-\(.*-amd64\)$/\1/p' | grep -m1 "^$short\." || true
+# Where a kernel comes from: "<apt: host|trixie> <target suite|-> <headers metapackage>".
+kernel_source() {
+    case $1 in
+    6.1) echo "host - linux-headers-amd64" ;;        # bookworm, incl. security updates
+    6.12) echo "trixie - linux-headers-amd64" ;;     # trixie, incl. security updates
+    6.12-cloud) echo "trixie - linux-headers-cloud-amd64" ;;
+    7.3) echo "trixie trixie-backports linux-headers-amd64" ;;
+    *) return 1 ;;
+    esac
 }
 
-# Download the image and headers .debs of one kernel and extract them all into
-# .cache/kernels/<kver>/. The headers are extracted rather than installed because
-# Debian's 6.12 headers package depends on the image package.
+# apt-cache of the host or of the trixie chroot
+kernel_apt_cache() {
+    if [[ $1 == host ]]; then apt-cache "${@:2}"; else chroot "$TRIXIE" apt-cache "${@:2}"; fi
+}
+
+# ABI name (e.g. 7.3.4+deb13-amd64) the kernel's headers metapackage points to.
+resolve_kver() {
+    local short=$1 apt target meta opts=()
+    read -r apt target meta < <(kernel_source "$short")
+    [[ $target == - ]] || opts=(-t "$target")
+    kernel_apt_cache "$apt" "${opts[@]}" depends "$meta" 2>/dev/null |
+        sed -n 's/^ *Depends: linux-headers-\(.*-amd64\)$/\1/p' |
+        awk -v p="${short%-cloud}." 'index($0, p) == 1 { print; exit }'
+}
+
+# Download the packages of one kernel and extract them all into
+# .cache/kernels/<kver>/: the image (on 7.x a metapackage over linux-binary,
+# linux-modules and linux-base), the headers, their -common part and kbuild
+# tools.  They are extracted rather than installed because Debian's headers
+# packages depend on the image package.
 fetch_kernel() {
-    local kver=$1 root=$CACHE/kernels/$1 debs=$CACHE/debs deps pkgs
-    # the headers' -common part and kbuild tools (names differ between 6.1 and 6.12)
-    mapfile -t deps < <(apt-cache depends "linux-headers-$kver" |
-        sed -n 's/^ *Depends: \(linux-headers-.*-common\|linux-kbuild-.*\)$/\1/p')
-    pkgs=("linux-image-$kver" "linux-headers-$kver" "${deps[@]}")
+    local short=$1 kver=$2 root=$CACHE/kernels/$2 debs=$CACHE/debs apt pkgs p
+    read -r apt _ < <(kernel_source "$short")
+    mapfile -t pkgs < <(kernel_apt_cache "$apt" depends "linux-image-$kver" "linux-headers-$kver" |
+        awk -v k="$kver" '$1 == "Depends:" && ($2 ~ /^linux-headers-.*-common$/ || $2 ~ /^linux-kbuild-/ ||
+            $2 == "linux-binary-" k || $2 == "linux-modules-" k || $2 == "linux-base-" k) { print $2 }' |
+        sort -u)
+    pkgs=("linux-image-$kver" "linux-headers-$kver" "${pkgs[@]}")
     log "downloading ${pkgs[*]}"
     mkdir -p "$debs"
     for p in "${pkgs[@]}"; do rm -f "$debs/${p}_"*.deb; done
-    (cd "$debs" && "${APT[@]}" -o APT::Sandbox::User=root download "${pkgs[@]}")
+    if [[ $apt == host ]]; then
+        (cd "$debs" && "${APT[@]}" -o APT::Sandbox::User=root download "${pkgs[@]}")
+    else
+        # shellcheck disable=SC2016  # expanded by the inner shell
+        trixie_run "$debs" -- sh -c 'cd "$1" && shift && "$@"' _ "$debs" \
+            "${APT[@]}" -o APT::Sandbox::User=root download "${pkgs[@]}"
+    fi
     rm -rf "$root" && mkdir -p "$root"
     for p in "${pkgs[@]}"; do
         log "extracting $p into ${root#"$ROOT"/}"
         dpkg-deb -x "$debs/${p}_"*.deb "$root"
     done
-    # The headers Makefile includes the -common tree by absolute path.
-    sed -i "s|^include /usr/src/|include $root/usr/src/|" "$root/usr/src/linux-headers-$kver/Makefile"
+    [[ -d $root/usr/src/linux-headers-$kver ]] || die "no headers in linux-headers-$kver"
+    # The headers Makefile names the -common tree (and on 7.x itself, as
+    # KBUILD_OUTPUT) by absolute path.
+    sed -i -E "s@^(include |KBUILD_OUTPUT=)/usr/src/@\1$root/usr/src/@" \
+        "$root/usr/src/linux-headers-$kver/Makefile"
     touch "$root/.done"
 }
 
+# Refresh the package lists of the apt a kernel comes from (once per run).
+kernel_apt_update() {
+    if [[ $1 == host ]]; then apt_update_once; else trixie_apt_update_once; fi
+}
+
+for short in $KERNELS; do
+    kernel_source "$short" >/dev/null || die "unknown kernel '$short' in VBHP_KERNELS: valid are $ALL_KERNELS"
+done
 mkdir -p "$CACHE"
-if [[ " $KERNELS " == *" 6.12 "* ]]; then ensure_backports; fi
 install_packages
 extract_linux_source
+for short in $KERNELS; do
+    read -r apt _ < <(kernel_source "$short")
+    [[ $apt == host ]] || { trixie_ensure; break; }
+done
 
 LIST=$CACHE/kernels.list
 touch "$LIST"
 summary=()
 for short in $KERNELS; do
+    read -r apt _ < <(kernel_source "$short")
     kver=$(resolve_kver "$short")
-    [[ -n $kver ]] || { apt_update_once; kver=$(resolve_kver "$short"); }
+    [[ -n $kver ]] || { kernel_apt_update "$apt"; kver=$(resolve_kver "$short"); }
     [[ -n $kver ]] || die "cannot resolve the $short kernel ABI name"
     if [[ ! -f $CACHE/kernels/$kver/.done ]]; then
-        apt_update_once   # fresh lists, then resolve again: the newest ABI may have changed
+        kernel_apt_update "$apt"  # fresh lists, then resolve again: the newest ABI may have changed
         kver=$(resolve_kver "$short")
-        [[ -f $CACHE/kernels/$kver/.done ]] || fetch_kernel "$kver"
+        [[ -f $CACHE/kernels/$kver/.done ]] || fetch_kernel "$short" "$kver"
     else
         log "kernel $kver already extracted"
     fi

@@ -10,13 +10,29 @@ class Kernel:
     def __init__(self, short, kver, headers):
         self.short, self.kver, self.headers = short, kver, headers
         self.root = os.path.join(CACHE, 'kernels', kver)
-        self.vmlinuz = os.path.join(self.root, 'boot', f'vmlinuz-{kver}')
-        self.moddir = os.path.join(self.root, 'lib', 'modules', kver)
+
+    # Debian 12: /boot/vmlinuz-KVER and /lib/modules/KVER; Debian 13 moved the
+    # modules to /usr/lib/modules/KVER, and from 7.x the image is
+    # /usr/lib/modules/KVER/vmlinuz.
+    @property
+    def moddir(self):
+        return self._first('usr/lib/modules/' + self.kver, 'lib/modules/' + self.kver)
+
+    @property
+    def vmlinuz(self):
+        return self._first('boot/vmlinuz-' + self.kver, f'usr/lib/modules/{self.kver}/vmlinuz')
+
+    def _first(self, *paths):
+        """The first of paths (relative to the extracted kernel) that exists."""
+        for p in paths:
+            if os.path.exists(os.path.join(self.root, p)):
+                return os.path.join(self.root, p)
+        raise FileNotFoundError(f'none of {paths} in {self.root}: run tests/setup/setup.sh')
 
     def module(self, name):
-        """Path of an in-tree module (.ko or .ko.xz) of this kernel's image."""
+        """Path of an in-tree module (.ko, .ko.xz or .ko.zst) of this kernel's image."""
         for dirpath, _, names in os.walk(os.path.join(self.moddir, 'kernel')):
-            for suffix in ('.ko', '.ko.xz'):
+            for suffix in ('.ko', '.ko.xz', '.ko.zst'):
                 if name + suffix in names:
                     return os.path.join(dirpath, name + suffix)
         raise FileNotFoundError(f'no module {name} in {self.moddir}')
@@ -34,7 +50,7 @@ def _known_kernels():
 
 
 def find_kernel(short):
-    """The Kernel called short ('6.1', '6.12') in .cache/kernels.list."""
+    """The Kernel called short ('6.1', '6.12', '6.12-cloud', '7.3') in .cache/kernels.list."""
     known = _known_kernels()
     if short not in known:
         raise RuntimeError(f'kernel {short} not set up: run VBHP_KERNELS={short} tests/setup/setup.sh')
