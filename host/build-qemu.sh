@@ -78,25 +78,10 @@ Components: main
 Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg"
     fi
     [[ -f $SRC_LIST && $(<"$SRC_LIST") == "$want" ]] && return
-    # trixie's Release is signed with keys bookworm's keyring got in an
-    # update (2023.3+deb12u2 has them): update the keyring first if older.
-    if ! dpkg --compare-versions "$(dpkg-query -W -f='${Version}' \
-            debian-archive-keyring 2>/dev/null || echo 0)" ge 2023.3+deb12u2; then
-        apt_update_once
-        log "updating debian-archive-keyring (for trixie's signatures)"
-        "${APT[@]}" install --no-install-recommends debian-archive-keyring
-    fi
+    ensure_trixie_keyring
     log "writing $SRC_LIST"
     echo "$want" >"$SRC_LIST"
     UPDATED=
-}
-
-missing_pkgs() {
-    local p
-    for p in "$@"; do
-        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' ||
-            echo "$p"
-    done
 }
 
 meson_ok() {
@@ -105,13 +90,7 @@ meson_ok() {
 }
 
 install_packages() {
-    local missing
-    mapfile -t missing < <(missing_pkgs "${BUILD_PKGS[@]}" "${RUN_PKGS[@]}")
-    if [[ ${#missing[@]} -gt 0 ]]; then
-        apt_update_once
-        log "apt-get install ${missing[*]}"
-        "${APT[@]}" install --no-install-recommends "${missing[@]}"
-    fi
+    install_missing "${BUILD_PKGS[@]}" "${RUN_PKGS[@]}"
     if ! meson_ok; then
         apt_update_once
         log "apt-get install ${BPO_PKGS[*]} from bookworm-backports"

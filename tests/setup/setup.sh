@@ -31,17 +31,6 @@ Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg"
     apt_update_once  # the new suite's lists are needed to resolve 6.12
 }
 
-install_packages() {
-    local p missing=()
-    for p in "${PACKAGES[@]}"; do
-        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' || missing+=("$p")
-    done
-    [[ ${#missing[@]} -eq 0 ]] && { log "apt packages already installed"; return; }
-    apt_update_once
-    log "apt-get install ${missing[*]}"
-    "${APT[@]}" install --no-install-recommends "${missing[@]}"
-}
-
 extract_linux_source() {
     local dst=$CACHE/linux-src-6.1 tarball=(/usr/src/linux-source-6.1.tar.*)
     [[ -f $dst/.done ]] && { log "linux-src-6.1 already extracted"; return; }
@@ -90,7 +79,7 @@ fetch_kernel() {
 
 mkdir -p "$CACHE"
 if [[ " $KERNELS " == *" 6.12 "* ]]; then ensure_backports; fi
-install_packages
+install_missing "${PACKAGES[@]}"
 extract_linux_source
 
 LIST=$CACHE/kernels.list
