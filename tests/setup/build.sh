@@ -36,7 +36,9 @@ mkdir -p "$out"
 (cd "$src" && shopt -s nullglob &&
     mapfile -t srcs < <(kbuild_sources . | tr ' ' '\n') &&
     cp --parents Kbuild "${srcs[@]}" ./*.h "$out/" &&
-    if [[ -d uapi ]]; then cp -r uapi "$out/"; fi)
+    if [[ -d uapi ]]; then cp -r uapi "$out/"; fi &&
+    # the module's Kbuild reads its version from dkms.conf
+    if [[ -f dkms.conf ]]; then cp dkms.conf "$out/"; fi)
 log=$out/build.log
 if ! make -C "$kdir" M="$out" W=1 C=1 "${hooks[@]}" modules >"$log" 2>&1; then
     cat "$log" >&2; echo "build: $kver: make failed" >&2; exit 1
