@@ -15,7 +15,7 @@ source "$ROOT/tests/setup/apt-lib.sh"
 START=$SECONDS
 
 # dkms.conf is a shell fragment: read it the way dkms does.
-ver=$(cd "$ROOT" && kernelver= bash -c '. ./dkms.conf && echo "$PACKAGE_VERSION"')
+ver=$(cd "$ROOT" && kernelver='' bash -c '. ./dkms.conf && echo "$PACKAGE_VERSION"')
 [[ $ver =~ ^[0-9][0-9A-Za-z.+~]*$ ]] ||
     die "dkms.conf: PACKAGE_VERSION \"$ver\" is not a Debian upstream version (digits first, then [0-9A-Za-z.+~])"
 
