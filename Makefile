@@ -12,6 +12,10 @@
 #                         (QUICK=1: 2 GiB, one run, into .cache/bench-quick/)
 #   make lint             checkpatch --strict over the sources (sparse and W=1
 #                         run in every make check build: tests/setup/build.sh)
+#   make deb              the virtio-balloon-hp-dkms Debian package, built with
+#                         dpkg-buildpackage + dh-dkms in .cache/deb/ (installs
+#                         its build dependencies); prints the .deb path last.
+#                         Version: PACKAGE_VERSION in dkms.conf (also MODULE_VERSION)
 
 KDIR ?= /lib/modules/$(shell uname -r)/build
 PYTHON ?= /usr/bin/python3
@@ -47,4 +51,7 @@ bench:
 lint:
 	bash tests/setup/lint.sh $(KDIR)
 
-.PHONY: all modules clean install check demo bench lint
+deb:
+	@bash debian/make-deb.sh
+
+.PHONY: all modules clean install check demo bench lint deb

@@ -1948,3 +1948,4 @@ module_exit(vbhp_exit);
 MODULE_DEVICE_TABLE(virtio, vbhp_id_table);
 MODULE_DESCRIPTION("Virtio balloon driver moving memory in huge-page blocks");
 MODULE_LICENSE("GPL");
+MODULE_VERSION(VBHP_VERSION);

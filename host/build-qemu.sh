@@ -84,27 +84,13 @@ Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg"
     UPDATED=
 }
 
-missing_pkgs() {
-    local p
-    for p in "$@"; do
-        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' ||
-            echo "$p"
-    done
-}
-
 meson_ok() {
     command -v meson >/dev/null &&
         dpkg --compare-versions "$(meson --version 2>/dev/null || echo 0)" ge 1.5.0
 }
 
 install_packages() {
-    local missing
-    mapfile -t missing < <(missing_pkgs "${BUILD_PKGS[@]}" "${RUN_PKGS[@]}")
-    if [[ ${#missing[@]} -gt 0 ]]; then
-        apt_update_once
-        log "apt-get install ${missing[*]}"
-        "${APT[@]}" install --no-install-recommends "${missing[@]}"
-    fi
+    install_missing "${BUILD_PKGS[@]}" "${RUN_PKGS[@]}"
     if ! meson_ok; then
         apt_update_once
         log "apt-get install ${BPO_PKGS[*]} from bookworm-backports"

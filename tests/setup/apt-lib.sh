@@ -33,6 +33,25 @@ mirror_uri() {
     echo "$uri"
 }
 
+# Prints those of the named packages that are not installed.
+missing_pkgs() {
+    local p
+    for p in "$@"; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' ||
+            echo "$p"
+    done
+}
+
+# Installs those of the named packages that are missing, and logs which.
+install_missing() {
+    local missing
+    mapfile -t missing < <(missing_pkgs "$@")
+    [[ ${#missing[@]} -eq 0 ]] && { log "apt packages already installed"; return; }
+    apt_update_once
+    log "apt-get install ${missing[*]}"
+    "${APT[@]}" install --no-install-recommends "${missing[@]}"
+}
+
 # trixie's Release is signed with keys bookworm's keyring got in an update
 # (2023.3+deb12u2 has them): update the keyring first if older.
 ensure_trixie_keyring() {

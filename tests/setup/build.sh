@@ -36,7 +36,9 @@ mkdir -p "$out"
 (cd "$src" && shopt -s nullglob &&
     mapfile -t srcs < <(kbuild_sources . | tr ' ' '\n') &&
     cp --parents Kbuild "${srcs[@]}" ./*.h "$out/" &&
-    if [[ -d uapi ]]; then cp -r uapi "$out/"; fi)
+    if [[ -d uapi ]]; then cp -r uapi "$out/"; fi &&
+    # the module's Kbuild reads its version from dkms.conf
+    if [[ -f dkms.conf ]]; then cp dkms.conf "$out/"; fi)
 # Build with the compiler the kernel was built with: the host's gcc (Debian 12)
 # or, for trixie's kernels (gcc-14), in the trixie chroot, with the kernel tree
 # and the build dir mounted at their own paths.

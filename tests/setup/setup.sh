@@ -25,17 +25,6 @@ source "$ROOT/tests/setup/apt-lib.sh"
 # shellcheck source=tests/setup/trixie-lib.sh
 source "$ROOT/tests/setup/trixie-lib.sh"
 
-install_packages() {
-    local p missing=()
-    for p in "${PACKAGES[@]}"; do
-        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' || missing+=("$p")
-    done
-    [[ ${#missing[@]} -eq 0 ]] && { log "apt packages already installed"; return; }
-    apt_update_once
-    log "apt-get install ${missing[*]}"
-    "${APT[@]}" install --no-install-recommends "${missing[@]}"
-}
-
 extract_linux_source() {
     local dst=$CACHE/linux-src-6.1 tarball=(/usr/src/linux-source-6.1.tar.*)
     [[ -f $dst/.done ]] && { log "linux-src-6.1 already extracted"; return; }
@@ -121,7 +110,7 @@ for short in $KERNELS; do
     kernel_source "$short" >/dev/null || die "unknown kernel '$short' in VBHP_KERNELS: valid are $ALL_KERNELS"
 done
 mkdir -p "$CACHE"
-install_packages
+install_missing "${PACKAGES[@]}"
 extract_linux_source
 for short in $KERNELS; do
     read -r apt _ < <(kernel_source "$short")
