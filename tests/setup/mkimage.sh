@@ -121,19 +121,22 @@ build() {
     log "$name: built in $(head -1 "$out/build.txt")"
 }
 
-check_tools() {
+# The host tools of the image tier: these images, their seed disks
+# (cloud-localds) and the qcow2 overlays the guests boot on (qemu-img).
+install_tools() {
     local missing=() p
-    for p in mmdebstrap e2fsprogs; do
+    for p in mmdebstrap e2fsprogs cloud-image-utils qemu-utils; do
         dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' || missing+=("$p")
     done
     [[ ${#missing[@]} -eq 0 ]] && return
     apt_update_once
+    log "apt-get install ${missing[*]}"
     "${APT[@]}" install --no-install-recommends "${missing[@]}"
 }
 
 names=("$@")
 [[ ${#names[@]} -gt 0 ]] || names=("${ALL[@]}")
 for n in "${names[@]}"; do recipe "$n"; done   # refuse a bad name before any work
-check_tools
+install_tools
 mkdir -p "$IMAGES"
 for n in "${names[@]}"; do build "$n"; done
