@@ -208,16 +208,11 @@ class ImageBoot:
                                  f'console tail:\n{self.tail()}') from None
 
     def close(self):
+        """Stop QEMU if the guest has not powered off by itself (a failed boot:
+        its overlay is not used again)."""
         if self.proc and self.proc.poll() is None:
-            try:
-                self.qmp.cmd('quit', timeout=5)
-            except Exception:
-                pass
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+            self.proc.kill()
+            self.proc.wait()
         if self.qmp:
             self.qmp.close()
             self.qmp = None
