@@ -13,7 +13,8 @@
 #   make demo             boot a guest and inflate/deflate it live
 #   make bench            side by side with the in-tree driver -> bench/results.md
 #                         (QUICK=1: 2 GiB, one run, into .cache/bench-quick/)
-#   make lint             checkpatch --strict and sparse against KDIR
+#   make lint             checkpatch --strict over the sources (sparse and W=1
+#                         run in every make check build: tests/setup/build.sh)
 
 KDIR ?= /lib/modules/$(shell uname -r)/build
 PYTHON ?= /usr/bin/python3
@@ -50,7 +51,7 @@ demo:
 bench:
 	bash tests/setup/setup.sh
 	bash host/build-qemu.sh
-	$(PYTHON) bench/run.py $(if $(QUICK),--quick --out .cache/bench-quick)
+	PYTHONPATH=tests $(PYTHON) bench/run.py $(if $(QUICK),--quick --out .cache/bench-quick)
 
 lint:
 	bash tests/setup/lint.sh $(KDIR)

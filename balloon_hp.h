@@ -5,7 +5,8 @@
  * Lock order: vbhp_ioc_lock (mutex, the misc device's binding to a
  * balloon), then vbhp->lock (mutex, one balloon operation at a time), then
  * vbhp->stop_lock (spinlock, only around the "stopping" flag and work
- * queueing).  Reclaim (the shrinker) only ever trylocks vbhp->lock.
+ * queueing).  Reclaim (the shrinker) and the OOM notifier only ever
+ * trylock vbhp->lock.
  * Counters in vbhp->stats are atomic and read without locks.
  */
 #ifndef _VBHP_BALLOON_HP_H
@@ -24,7 +25,7 @@
 #include "compat.h"
 #include "uapi/linux/virtio_balloon_hp.h"
 
-#define VBHP_NR_ORDERS		(VBHP_MAX_ORDER + 1)
+#define VBHP_NR_ORDERS		(MAX_PAGE_ORDER + 1)
 
 /*
  * Guest pages and wire frames are the same 4 KiB here.  Larger pages would
@@ -88,6 +89,8 @@ enum vbhp_xfer_stat {
  * @VBHP_STAT_OD_BELOW_4G: pages deflated on demand that lay below 4 GiB.
  * @VBHP_STAT_OD_ABORT: inflate rounds stopped because reclaim, the OOM
  *	notifier or the ioctl wanted memory back (retried a second later).
+ * @VBHP_STAT_XFER_ERR: buffers the virtqueue refused (a broken device, or
+ *	no room to map them for DMA); their blocks were put back.
  * @VBHP_STAT_NUM: number of device-wide counters.
  */
 enum vbhp_stat {
@@ -96,6 +99,7 @@ enum vbhp_stat {
 	VBHP_STAT_STALL,
 	VBHP_STAT_OD_BELOW_4G,
 	VBHP_STAT_OD_ABORT,
+	VBHP_STAT_XFER_ERR,
 	VBHP_STAT_NUM,
 };
 
@@ -129,7 +133,8 @@ enum vbhp_od_stat {
 
 /**
  * struct vbhp_buf - one buffer of frame numbers, as sent to the host.
- * @pfns: the payload: little-endian 4 KiB frame numbers.
+ * @pfns: the payload: 4 KiB frame numbers in the device's byte order
+ *	(little-endian; guest-native for a legacy device, as the spec says).
  * @nr_pfns: how many entries of @pfns are used.
  * @blocks: blocks whose last frame is in this buffer; they change hands
  *	(join the balloon, or go back to the guest) when this buffer and
@@ -139,7 +144,7 @@ enum vbhp_od_stat {
  * Owned by the balloon worker under vbhp->lock.
  */
 struct vbhp_buf {
-	__le32 pfns[VIRTIO_BALLOON_HP_PFNS_PER_BUF];
+	__virtio32 pfns[VIRTIO_BALLOON_HP_PFNS_PER_BUF];
 	unsigned int nr_pfns;
 	struct list_head blocks;
 	bool acked;
@@ -179,7 +184,8 @@ struct vbhp_xfer {
  * @lock: serialises balloon operations (inflate, deflate, teardown); taken
  *	first, before @stop_lock.
  * @stop_lock: protects @stopping against the config-change callback.
- * @stopping: set on remove; no work is queued after it.
+ * @stopping: set by remove and freeze (vbhp_dev_stop()); no work is
+ *	queued while it is set.
  * @work: the balloon worker, moves the balloon toward the host's target.
  * @acked: woken by the virtqueue callbacks when the host returns a buffer.
  * @xfer: the inflate and deflate pipelines.

@@ -2,9 +2,13 @@
 /*
  * Every kernel-version difference virtio_balloon_hp depends on.
  *
- * No other file of the module tests LINUX_VERSION_CODE or kernel-version
- * dependent macros; they call the helpers defined here instead.  Supported:
- * Debian bookworm 6.1 and bookworm-backports 6.12 (and what lies between).
+ * The driver is written against the newest kernel API it supports (7.3);
+ * this file fills that API in for older kernels, so that no other file tests
+ * LINUX_VERSION_CODE or a version-dependent macro.  Where a newer kernel
+ * changed a function's signature, the old kernel gets a static inline of
+ * the same name and a macro that points the call at it.  Supported, and run
+ * by the test suite: Debian 12's 6.1, Debian 13's 6.12 and trixie-backports'
+ * 7.3 (and what lies between, built but not run).
  */
 #ifndef _VBHP_COMPAT_H
 #define _VBHP_COMPAT_H
@@ -18,130 +22,156 @@
 #include <linux/virtio_config.h>
 
 /*
- * The largest order the buddy allocator hands out.  Before 6.4 MAX_ORDER
- * was exclusive; 6.4 made it inclusive and 6.8 renamed it MAX_PAGE_ORDER.
+ * 6.8: MAX_PAGE_ORDER, the largest order the buddy allocator hands out
+ * (inclusive).  6.4-6.7 called it MAX_ORDER; before 6.4 MAX_ORDER was
+ * exclusive.
  */
-#if LINUX_VERSION_CODE >= KERNEL_VERSION(6, 8, 0)
-#define VBHP_MAX_ORDER MAX_PAGE_ORDER
-#elif LINUX_VERSION_CODE >= KERNEL_VERSION(6, 4, 0)
-#define VBHP_MAX_ORDER MAX_ORDER
-#else
-#define VBHP_MAX_ORDER (MAX_ORDER - 1)
+#if LINUX_VERSION_CODE < KERNEL_VERSION(6, 4, 0)
+#define MAX_PAGE_ORDER (MAX_ORDER - 1)
+#elif LINUX_VERSION_CODE < KERNEL_VERSION(6, 8, 0)
+#define MAX_PAGE_ORDER MAX_ORDER
 #endif
 
 /*
- * 6.11 replaced the parallel callbacks[]/names[] arrays of
- * virtio_find_vqs() with one array of struct virtqueue_info.
+ * 6.11: virtio_find_vqs() takes one array of struct virtqueue_info instead
+ * of parallel callbacks[] and names[] arrays.
  */
+#if LINUX_VERSION_CODE < KERNEL_VERSION(6, 11, 0)
+struct virtqueue_info {
+	const char *name;
+	vq_callback_t *callback;
+	bool ctx;
+};
+
 static inline int vbhp_compat_find_vqs(struct virtio_device *vdev,
 				       unsigned int nvqs,
 				       struct virtqueue *vqs[],
-				       vq_callback_t *callbacks[],
-				       const char * const names[])
+				       struct virtqueue_info info[],
+				       struct irq_affinity *desc)
 {
-#if LINUX_VERSION_CODE >= KERNEL_VERSION(6, 11, 0)
-	struct virtqueue_info info[8] = {};
+	vq_callback_t *callbacks[8];
+	const char *names[8];
 	unsigned int i;
 
-	if (WARN_ON(nvqs > ARRAY_SIZE(info)))
+	if (WARN_ON(nvqs > ARRAY_SIZE(names)))
 		return -EINVAL;
 	for (i = 0; i < nvqs; i++) {
-		info[i].name = names[i];
-		info[i].callback = callbacks[i];
+		names[i] = info[i].name;
+		callbacks[i] = info[i].callback;
 	}
-	return virtio_find_vqs(vdev, nvqs, vqs, info, NULL);
-#else
-	return virtio_find_vqs(vdev, nvqs, vqs, callbacks, names, NULL);
-#endif
+	return virtio_find_vqs(vdev, nvqs, vqs, callbacks, names, desc);
 }
+
+#define virtio_find_vqs vbhp_compat_find_vqs
+#endif
 
 /*
- * 6.7 made shrinkers dynamically allocated (shrinker_alloc(), with a
- * private_data pointer); before, the caller embedded and registered one.
- * Both are hidden behind create/priv/destroy.
+ * 6.18: a device may offer more than 64 feature bits; the transport reads
+ * them with get_extended_features() into an array of u64, and
+ * virtio_get_features() hides which op the transport has (on 7.x the
+ * modern PCI transport leaves get_features NULL).  Before, get_features()
+ * returned one u64.
  */
-typedef unsigned long (*vbhp_compat_shrink_fn)(struct shrinker *,
-					       struct shrink_control *);
+#if LINUX_VERSION_CODE < KERNEL_VERSION(6, 18, 0)
+#define VIRTIO_FEATURES_U64S 1
 
-#if LINUX_VERSION_CODE >= KERNEL_VERSION(6, 7, 0)
-static inline struct shrinker *
-vbhp_compat_shrinker_create(vbhp_compat_shrink_fn count,
-			    vbhp_compat_shrink_fn scan, void *priv,
-			    const char *name)
+static inline void virtio_get_features(struct virtio_device *vdev,
+				       u64 *features)
 {
-	struct shrinker *s = shrinker_alloc(0, "%s", name);
-
-	if (!s)
-		return NULL;
-	s->count_objects = count;
-	s->scan_objects = scan;
-	s->seeks = DEFAULT_SEEKS;
-	s->private_data = priv;
-	shrinker_register(s);
-	return s;
+	features[0] = vdev->config->get_features(vdev);
 }
 
-static inline void *vbhp_compat_shrinker_priv(struct shrinker *s)
+static inline bool virtio_features_test_bit(const u64 *features,
+					    unsigned int bit)
 {
-	return s->private_data;
+	return bit < 64 && (features[0] & BIT_ULL(bit));
 }
+#endif
 
-static inline void vbhp_compat_shrinker_destroy(struct shrinker *s)
-{
-	shrinker_free(s);
-}
-#else
+/*
+ * 6.7: shrinkers are allocated by the core (shrinker_alloc(), with a
+ * private_data pointer) instead of embedded in the caller and registered.
+ * Older kernels get the same three calls on a wrapper that carries the
+ * pointer; vbhp_shrinker_private() reads it on every kernel, since a field
+ * cannot be filled in.
+ */
+#if LINUX_VERSION_CODE < KERNEL_VERSION(6, 7, 0)
 struct vbhp_compat_shrinker {
 	struct shrinker shrinker;
-	void *priv;
+	void *private_data;
+	char name[32];
 };
 
-static inline struct shrinker *
-vbhp_compat_shrinker_create(vbhp_compat_shrink_fn count,
-			    vbhp_compat_shrink_fn scan, void *priv,
-			    const char *name)
+static inline struct shrinker *vbhp_compat_shrinker_alloc(unsigned int flags,
+							  const char *name)
 {
 	struct vbhp_compat_shrinker *w = kzalloc(sizeof(*w), GFP_KERNEL);
 
 	if (!w)
 		return NULL;
-	w->shrinker.count_objects = count;
-	w->shrinker.scan_objects = scan;
+	w->shrinker.flags = flags;
 	w->shrinker.seeks = DEFAULT_SEEKS;
-	w->priv = priv;
-	if (register_shrinker(&w->shrinker, "%s", name)) {
-		kfree(w);
-		return NULL;
-	}
+	strscpy(w->name, name, sizeof(w->name));
 	return &w->shrinker;
 }
 
-static inline void *vbhp_compat_shrinker_priv(struct shrinker *s)
+#define shrinker_alloc(flags, fmt, name) \
+	vbhp_compat_shrinker_alloc(flags, name)
+
+static inline void *vbhp_shrinker_private(struct shrinker *s)
 {
-	return container_of(s, struct vbhp_compat_shrinker, shrinker)->priv;
+	return container_of(s, struct vbhp_compat_shrinker,
+			    shrinker)->private_data;
 }
 
-static inline void vbhp_compat_shrinker_destroy(struct shrinker *s)
+static inline void vbhp_shrinker_set_private(struct shrinker *s, void *priv)
 {
+	container_of(s, struct vbhp_compat_shrinker,
+		     shrinker)->private_data = priv;
+}
+
+/* Registration can fail before 6.7: then there is simply no shrinker. */
+static inline void shrinker_register(struct shrinker *s)
+{
+	struct vbhp_compat_shrinker *w =
+		container_of(s, struct vbhp_compat_shrinker, shrinker);
+
+	if (register_shrinker(s, "%s", w->name))
+		pr_warn("%s: shrinker not registered: no deflate on reclaim\n",
+			w->name);
+}
+
+/* unregister_shrinker() ignores a shrinker that never registered. */
+static inline void shrinker_free(struct shrinker *s)
+{
+	if (!s)
+		return;
 	unregister_shrinker(s);
 	kfree(container_of(s, struct vbhp_compat_shrinker, shrinker));
+}
+#else
+static inline void *vbhp_shrinker_private(struct shrinker *s)
+{
+	return s->private_data;
+}
+
+static inline void vbhp_shrinker_set_private(struct shrinker *s, void *priv)
+{
+	s->private_data = priv;
 }
 #endif
 
 /*
- * Count pages a shrinker gave back to the page allocator as reclaimed, so
- * that direct reclaim stops once it has enough instead of going on down to
- * priority 0.  6.4 added mm_account_reclaimed_pages() for this; before, the
- * field was the slab-only reclaimed_slab.
+ * 6.4: mm_account_reclaimed_pages() counts pages a shrinker gave back to
+ * the page allocator as reclaimed, so that direct reclaim stops once it has
+ * enough.  Before, a shrinker added them to reclaim_state->reclaimed_slab.
  */
-static inline void vbhp_compat_account_reclaimed(unsigned long pages)
+#if LINUX_VERSION_CODE < KERNEL_VERSION(6, 4, 0)
+static inline void mm_account_reclaimed_pages(unsigned long pages)
 {
-#if LINUX_VERSION_CODE >= KERNEL_VERSION(6, 4, 0)
-	mm_account_reclaimed_pages(pages);
-#else
 	if (current->reclaim_state)
 		current->reclaim_state->reclaimed_slab += pages;
-#endif
 }
+#endif
 
 #endif /* _VBHP_COMPAT_H */

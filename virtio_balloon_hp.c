@@ -65,6 +65,7 @@
 #include <linux/delay.h>
 #include <linux/gfp.h>
 #include <linux/kernel.h>
+#include <linux/lockdep.h>
 #include <linux/log2.h>
 #include <linux/miscdevice.h>
 #include <linux/mm.h>
@@ -142,6 +143,7 @@ static const char * const vbhp_stat_names[VBHP_STAT_NUM] = {
 	[VBHP_STAT_STALL] = "inflate_stalls",
 	[VBHP_STAT_OD_BELOW_4G] = "od_below_4g_pages",
 	[VBHP_STAT_OD_ABORT] = "od_inflate_aborts",
+	[VBHP_STAT_XFER_ERR] = "xfer_errors",
 };
 
 static const char * const vbhp_od_names[VBHP_OD_NUM] = {
@@ -183,11 +185,11 @@ static void vbhp_blk_set_offline(struct page *page, unsigned int order,
 /*
  * Blocks of a pageblock or more are unmovable allocations: they take whole
  * pageblocks and mix with nothing.  Smaller (fallback) blocks use the
- * movable migratetype, without __GFP_HIGHMEM so never from ZONE_MOVABLE.
- * As unmovable allocations they would steal and convert the movable
- * pageblocks of a fragmented guest, which compaction then no longer uses:
- * a test guest failed order-1 allocations with 160 MiB free.  They cannot
- * migrate (yet); compaction steps over them.
+ * movable migratetype, without __GFP_HIGHMEM so never from ZONE_MOVABLE:
+ * as unmovable allocations they would steal and convert the movable
+ * pageblocks of a fragmented guest, which compaction then no longer uses,
+ * and the guest's own small allocations would start failing with memory
+ * free.  They cannot migrate (yet); compaction steps over them.
  */
 static gfp_t vbhp_blk_gfp(unsigned int order)
 {
@@ -235,6 +237,7 @@ static void vbhp_blk_hold(struct vbhp *vb, struct page *page)
 {
 	unsigned int order = page_private(page);
 
+	lockdep_assert_held(&vb->lock);
 	list_add(&page->lru, &vb->blocks[order]);
 	WRITE_ONCE(vb->nr_blocks[order], vb->nr_blocks[order] + 1);
 }
@@ -243,6 +246,7 @@ static void vbhp_blk_unhold(struct vbhp *vb, struct page *page)
 {
 	unsigned int order = page_private(page);
 
+	lockdep_assert_held(&vb->lock);
 	list_del(&page->lru);
 	WRITE_ONCE(vb->nr_blocks[order], vb->nr_blocks[order] - 1);
 }
@@ -252,6 +256,7 @@ static void vbhp_blk_hold_list(struct vbhp *vb, struct list_head *list)
 {
 	struct page *page, *next;
 
+	lockdep_assert_held(&vb->lock);
 	list_for_each_entry_safe(page, next, list, lru) {
 		list_del(&page->lru);
 		vbhp_blk_hold(vb, page);
@@ -269,6 +274,7 @@ static void vbhp_blk_release_list(struct vbhp *vb, struct list_head *list)
 {
 	struct page *page, *next;
 
+	lockdep_assert_held(&vb->lock);
 	list_for_each_entry_safe(page, next, list, lru) {
 		list_del(&page->lru);
 		vb->num_pages -= vbhp_order_frames(page_private(page));
@@ -327,7 +333,7 @@ static struct page *vbhp_blk_pick(struct vbhp *vb, unsigned long frames)
 
 /* ---- the host's config: target and actual ---- */
 
-static unsigned long vbhp_target(struct vbhp *vb)
+static unsigned long vbhp_cfg_target(struct vbhp *vb)
 {
 	u32 num_pages;
 
@@ -336,10 +342,11 @@ static unsigned long vbhp_target(struct vbhp *vb)
 	return num_pages;
 }
 
-static void vbhp_update_actual(struct vbhp *vb)
+static void vbhp_cfg_update_actual(struct vbhp *vb)
 {
 	u32 actual = vb->num_pages;
 
+	lockdep_assert_held(&vb->lock);
 	virtio_cwrite_le(vb->vdev, struct virtio_balloon_config, actual,
 			 &actual);
 	vb->reported = vb->num_pages;
@@ -366,11 +373,73 @@ static bool vbhp_xfer_collect(struct vbhp_xfer *x)
 	return any;
 }
 
+/*
+ * Put back a block the host was not told about in full.  A deflated block
+ * stays in the balloon: only an acknowledged deflate may hand it to the
+ * guest.  An inflated block goes back to the guest, unless part of it went
+ * out in an earlier buffer that the host may act on: then it joins the
+ * balloon as if acknowledged, and a later deflate tells the host about it.
+ */
+static void vbhp_xfer_put_back(struct vbhp *vb, struct vbhp_xfer *x,
+			       struct page *page, bool partly_sent)
+{
+	if (x->inflate && !partly_sent) {
+		vbhp_blk_free(vb, page);
+		return;
+	}
+	vbhp_blk_hold(vb, page);
+	if (x->inflate)
+		vb->num_pages += vbhp_order_frames(page_private(page));
+}
+
+/*
+ * @buf could not be sent: put its blocks back.  Only the first block on its
+ * list can have begun in an earlier buffer; on an hp queue none can.
+ */
+static void vbhp_xfer_unwind(struct vbhp *vb, struct vbhp_xfer *x,
+			     struct vbhp_buf *buf)
+{
+	unsigned long first = virtio32_to_cpu(vb->vdev, buf->pfns[0]);
+	bool head = true;
+	struct page *page, *next;
+
+	list_for_each_entry_safe(page, next, &buf->blocks, lru) {
+		list_del(&page->lru);
+		vbhp_xfer_put_back(vb, x, page,
+				   head && page_to_pfn(page) != first);
+		head = false;
+	}
+	buf->nr_pfns = 0;
+}
+
+/*
+ * The device broke: nothing in flight will come back.  The host may have
+ * acted on any of it, so every block in flight stays in the balloon.
+ */
+static void vbhp_xfer_abandon(struct vbhp *vb, struct vbhp_xfer *x)
+{
+	struct page *page, *next;
+	struct vbhp_buf *buf;
+
+	while (x->inflight) {
+		buf = &x->ring[x->head];
+		list_for_each_entry_safe(page, next, &buf->blocks, lru) {
+			list_del(&page->lru);
+			vbhp_xfer_put_back(vb, x, page, true);
+		}
+		buf->acked = false;
+		buf->nr_pfns = 0;
+		x->head = (x->head + 1) % x->nr_slots;
+		WRITE_ONCE(x->inflight, x->inflight - 1);
+	}
+}
+
 /* Retire acknowledged buffers in the order they were sent. */
 static void vbhp_xfer_retire(struct vbhp *vb, struct vbhp_xfer *x)
 {
 	struct vbhp_buf *buf;
 
+	lockdep_assert_held(&vb->lock);
 	while (x->inflight && x->ring[x->head].acked) {
 		buf = &x->ring[x->head];
 		if (x->inflate)
@@ -385,37 +454,59 @@ static void vbhp_xfer_retire(struct vbhp *vb, struct vbhp_xfer *x)
 	/* Let the host watch long rounds progress. */
 	if (max(vb->num_pages, vb->reported) - min(vb->num_pages, vb->reported) >=
 	    VBHP_ACTUAL_STEP)
-		vbhp_update_actual(vb);
+		vbhp_cfg_update_actual(vb);
 }
 
-/* Wait until at least one more buffer in flight has been retired. */
-static void vbhp_xfer_wait(struct vbhp *vb, struct vbhp_xfer *x)
+/*
+ * Wait until at least one more buffer in flight has been retired; false if
+ * the device broke instead (what was in flight is then abandoned).  The
+ * wait looks at the device once a second too: a transport that breaks it
+ * (surprise removal) does not always call the queue's callback.
+ */
+static bool vbhp_xfer_wait(struct vbhp *vb, struct vbhp_xfer *x)
 {
 	unsigned int before = x->inflight;
 
 	while (x->inflight == before) {
-		wait_event(vb->acked, vbhp_xfer_collect(x));
+		wait_event_timeout(vb->acked, vbhp_xfer_collect(x) ||
+				   virtqueue_is_broken(x->vq), HZ);
 		vbhp_xfer_retire(vb, x);
+		if (x->inflight == before && virtqueue_is_broken(x->vq)) {
+			vbhp_xfer_abandon(vb, x);
+			return false;
+		}
 	}
+	return true;
 }
 
-/* Send the buffer being filled, if it holds anything. */
-static void vbhp_xfer_send(struct vbhp *vb, struct vbhp_xfer *x)
+/*
+ * Send the buffer being filled, if it holds anything.  A buffer the queue
+ * refuses (a broken device, or no room to map it for DMA) is not counted
+ * as in flight and its blocks are put back; returns false then.
+ */
+static bool vbhp_xfer_send(struct vbhp *vb, struct vbhp_xfer *x)
 {
 	struct vbhp_buf *buf = vbhp_xfer_cur(x);
 	struct scatterlist sg;
 	int err;
 
+	lockdep_assert_held(&vb->lock);
 	if (!buf->nr_pfns)
-		return;
+		return true;
 	sg_init_one(&sg, buf->pfns, buf->nr_pfns * sizeof(buf->pfns[0]));
-	/* Cannot fail: the ring never holds more than the vring's size. */
 	err = virtqueue_add_outbuf(x->vq, &sg, 1, buf, GFP_KERNEL);
-	WARN_ON_ONCE(err);
+	if (err) {
+		dev_warn_ratelimited(&vb->vdev->dev, "%s buffer not sent: %d\n",
+				     vbhp_xfer_names[x->id], err);
+		vbhp_count(&vb->stats[VBHP_STAT_XFER_ERR], 1);
+		vbhp_xfer_unwind(vb, x, buf);
+		return false;
+	}
 	virtqueue_kick(x->vq);
 	WRITE_ONCE(x->inflight, x->inflight + 1);
 	vbhp_count(&x->stats[VBHP_XSTAT_BUFS], 1);
 	vbhp_count(&x->stats[VBHP_XSTAT_PFNS], buf->nr_pfns);
+	return true;
 }
 
 /* The queue a block of @order travels on, inflating or deflating. */
@@ -431,38 +522,50 @@ static struct vbhp_xfer *vbhp_xfer_for(struct vbhp *vb, unsigned int order,
 /*
  * Queue one block on its queue: one frame number per 2^pfn_order frames
  * (every 4 KiB frame, or just the first on an hp queue), sending buffers
- * as they fill up.
+ * as they fill up.  False if a buffer could not be sent or the device
+ * broke: the block and those queued with it were put back.
  */
-static void vbhp_xfer_add(struct vbhp *vb, struct page *page, bool inflate)
+static bool vbhp_xfer_add(struct vbhp *vb, struct page *page, bool inflate)
 {
 	unsigned int order = page_private(page);
 	struct vbhp_xfer *x = vbhp_xfer_for(vb, order, inflate);
 	unsigned long frames = vbhp_order_frames(order);
 	unsigned long pfn = page_to_pfn(page);
 	struct vbhp_buf *buf = vbhp_xfer_cur(x);
+	bool sent_part = false;
 	unsigned long i;
 
+	lockdep_assert_held(&vb->lock);
 	for (i = 0; i < frames; i += 1UL << x->pfn_order) {
 		if (buf->nr_pfns == VIRTIO_BALLOON_HP_PFNS_PER_BUF) {
-			vbhp_xfer_send(vb, x);
-			if (x->inflight == x->nr_slots)
-				vbhp_xfer_wait(vb, x);
+			if (!vbhp_xfer_send(vb, x))
+				goto put_back;
+			/* the buffer just sent held frames of this block */
+			sent_part = sent_part || i;
+			if (x->inflight == x->nr_slots && !vbhp_xfer_wait(vb, x))
+				goto put_back;
 			buf = vbhp_xfer_cur(x);
 		}
-		buf->pfns[buf->nr_pfns++] = cpu_to_le32(pfn + i);
+		buf->pfns[buf->nr_pfns++] = cpu_to_virtio32(vb->vdev, pfn + i);
 	}
 	list_add_tail(&page->lru, &buf->blocks);
+	return true;
+
+put_back:
+	vbhp_xfer_put_back(vb, x, page, sent_part);
+	return false;
 }
 
 /*
  * Send what is left on the queues of one direction and wait until the host
- * has acknowledged everything.
+ * has acknowledged everything (or the device broke).
  */
 static void vbhp_xfer_flush(struct vbhp *vb, bool inflate)
 {
 	struct vbhp_xfer *x;
 	unsigned int i;
 
+	lockdep_assert_held(&vb->lock);
 	for (i = 0; i < VBHP_XFER_NUM; i++) {
 		x = &vb->xfer[i];
 		if (x->vq && x->inflate == inflate)
@@ -475,7 +578,14 @@ static void vbhp_xfer_flush(struct vbhp *vb, bool inflate)
 	}
 }
 
-static int vbhp_xfer_init(struct vbhp *vb, enum vbhp_xfer_id id)
+/* The device broke (surprise removal): no buffer will come back. */
+static bool vbhp_xfer_broken(struct vbhp *vb)
+{
+	return virtqueue_is_broken(vb->xfer[VBHP_XFER_INFLATE].vq);
+}
+
+/* Set up the pipeline of one queue; no ring for a queue not negotiated. */
+static int vbhp_xfer_setup(struct vbhp *vb, enum vbhp_xfer_id id)
 {
 	struct vbhp_xfer *x = &vb->xfer[id];
 	unsigned int i;
@@ -494,6 +604,14 @@ static int vbhp_xfer_init(struct vbhp *vb, enum vbhp_xfer_id id)
 	for (i = 0; i < x->nr_slots; i++)
 		INIT_LIST_HEAD(&x->ring[i].blocks);
 	return 0;
+}
+
+/* Virtqueue callback: the host returned an inflate or deflate buffer. */
+static void vbhp_xfer_done(struct virtqueue *vq)
+{
+	struct vbhp *vb = vq->vdev->priv;
+
+	wake_up(&vb->acked);
 }
 
 /* ---- the balloon: inflate and deflate toward the host's target ---- */
@@ -537,6 +655,7 @@ static unsigned long vbhp_inflate(struct vbhp *vb, unsigned long frames)
 	unsigned int noio;
 	struct page *page;
 
+	lockdep_assert_held(&vb->lock);
 	/*
 	 * No I/O or filesystem reclaim on behalf of the balloon while it holds
 	 * vb->lock: such reclaim can wait on tasks that wait on the lock.
@@ -549,7 +668,8 @@ static unsigned long vbhp_inflate(struct vbhp *vb, unsigned long frames)
 		if (!page)
 			break;
 		queued += vbhp_order_frames(page_private(page));
-		vbhp_xfer_add(vb, page, true);
+		if (!vbhp_xfer_add(vb, page, true))
+			break;
 	}
 	memalloc_noio_restore(noio);
 	vbhp_xfer_flush(vb, true);
@@ -567,12 +687,14 @@ static void vbhp_deflate(struct vbhp *vb, unsigned long frames,
 	unsigned long queued = 0;
 	struct page *page;
 
+	lockdep_assert_held(&vb->lock);
 	while (queued < min(frames, budget)) {
 		page = vbhp_blk_pick(vb, frames - queued);
 		if (!page)
 			break;
 		queued += vbhp_order_frames(page_private(page));
-		vbhp_xfer_add(vb, page, false);
+		if (!vbhp_xfer_add(vb, page, false))
+			break;
 	}
 	vbhp_xfer_flush(vb, false);
 }
@@ -612,6 +734,7 @@ static unsigned long vbhp_od_take(struct vbhp *vb,
 	struct page *page, *next;
 	unsigned int order;
 
+	lockdep_assert_held(&vb->lock);
 	for (order = 0; order < VBHP_NR_ORDERS; order++) {
 		list_for_each_entry_safe(page, next, &vb->blocks[order], lru) {
 			if (frames >= req->frames)
@@ -633,6 +756,7 @@ static unsigned long vbhp_od_held(struct vbhp *vb, const struct vbhp_od_req *req
 	struct page *page;
 	unsigned int order;
 
+	lockdep_assert_held(&vb->lock);
 	for (order = 0; order < VBHP_NR_ORDERS; order++)
 		list_for_each_entry(page, &vb->blocks[order], lru)
 			if (vbhp_od_fits(page, req))
@@ -657,28 +781,35 @@ static unsigned long vbhp_od_deflate(struct vbhp *vb,
 {
 	/* A target the host writes once it sees "actual" drop ends the hold. */
 	int gen = atomic_read(&vb->config_gen);
-	unsigned long queued, below_4g = 0, frames;
+	unsigned long before = vb->num_pages, below_4g = 0, frames, given;
 	struct page *page, *next;
+	bool queued = true;
 	LIST_HEAD(taken);
 
-	if (!vb->ready || !vb->deflate_on_oom)
-		return 0;
-	queued = vbhp_od_take(vb, req, &taken);
-	if (!queued)
+	lockdep_assert_held(&vb->lock);
+	if (!vb->ready || !vb->deflate_on_oom || !vbhp_od_take(vb, req, &taken))
 		return 0;
 	list_for_each_entry_safe(page, next, &taken, lru) {
 		list_del(&page->lru);
+		if (!queued) {
+			/* the device failed: the rest stays in the balloon */
+			vbhp_blk_hold(vb, page);
+			continue;
+		}
 		frames = vbhp_order_frames(page_private(page));
-		if (page_to_pfn(page) + frames <= VBHP_4G_PFN)
+		queued = vbhp_xfer_add(vb, page, false);
+		if (queued && page_to_pfn(page) + frames <= VBHP_4G_PFN)
 			below_4g += frames;
-		vbhp_xfer_add(vb, page, false);
 	}
 	vbhp_xfer_flush(vb, false);
-	vbhp_update_actual(vb);
+	vbhp_cfg_update_actual(vb);
+	given = before - vb->num_pages;
+	if (!given)
+		return 0;
 	vb->od_hold = true;
 	vb->od_hold_gen = gen;
-	vbhp_od_count(vb, req->trigger, queued, below_4g);
-	return queued;
+	vbhp_od_count(vb, req->trigger, given, below_4g);
+	return given;
 }
 
 /*
@@ -711,7 +842,7 @@ static bool vbhp_od_direct_reclaim(void)
 static unsigned long vbhp_od_shrink_count(struct shrinker *shrinker,
 					  struct shrink_control *sc)
 {
-	struct vbhp *vb = vbhp_compat_shrinker_priv(shrinker);
+	struct vbhp *vb = vbhp_shrinker_private(shrinker);
 
 	if (!vbhp_od_direct_reclaim() || READ_ONCE(vb->test_no_shrinker))
 		return 0;
@@ -721,7 +852,7 @@ static unsigned long vbhp_od_shrink_count(struct shrinker *shrinker,
 static unsigned long vbhp_od_shrink_scan(struct shrinker *shrinker,
 					 struct shrink_control *sc)
 {
-	struct vbhp *vb = vbhp_compat_shrinker_priv(shrinker);
+	struct vbhp *vb = vbhp_shrinker_private(shrinker);
 	struct vbhp_od_req req = {
 		.trigger = VBHP_OD_SHRINKER,
 		.frames = sc->nr_to_scan,
@@ -738,10 +869,9 @@ static unsigned long vbhp_od_shrink_scan(struct shrinker *shrinker,
 	 * Tell reclaim the pages are back in the allocator, so it stops once
 	 * it has enough, and end this scan loop: at a low priority, or with
 	 * work deferred from a contended call, reclaim would otherwise keep
-	 * calling and drain the whole balloon for one allocation (seen: all
-	 * 1.8 GiB given back to an allocation short of 256 MiB).
+	 * calling and drain the whole balloon for one allocation.
 	 */
-	vbhp_compat_account_reclaimed(freed);
+	mm_account_reclaimed_pages(freed);
 	return SHRINK_STOP;
 }
 
@@ -777,15 +907,53 @@ static int vbhp_od_oom_notify(struct notifier_block *nb, unsigned long unused,
 /* Called by the worker under vb->lock: the host wrote a target since. */
 static void vbhp_od_update_hold(struct vbhp *vb)
 {
+	lockdep_assert_held(&vb->lock);
+
 	if (vb->od_hold && atomic_read(&vb->config_gen) != vb->od_hold_gen)
 		vb->od_hold = false;
 }
+
+/* The shrinker and the OOM notifier, with DEFLATE_ON_OOM only. */
+static int vbhp_od_init(struct vbhp *vb)
+{
+	int err;
+
+	if (!vb->deflate_on_oom)
+		return 0;
+	vb->shrinker = shrinker_alloc(0, "%s", KBUILD_MODNAME);
+	if (!vb->shrinker)
+		return -ENOMEM;
+	vb->shrinker->count_objects = vbhp_od_shrink_count;
+	vb->shrinker->scan_objects = vbhp_od_shrink_scan;
+	vb->shrinker->seeks = DEFAULT_SEEKS;
+	vbhp_shrinker_set_private(vb->shrinker, vb);
+	shrinker_register(vb->shrinker);
+	vb->oom_nb.notifier_call = vbhp_od_oom_notify;
+	err = register_oom_notifier(&vb->oom_nb);
+	if (err)
+		goto out_free_shrinker;
+	return 0;
+
+out_free_shrinker:
+	shrinker_free(vb->shrinker);
+	return err;
+}
+
+static void vbhp_od_exit(struct vbhp *vb)
+{
+	if (!vb->deflate_on_oom)
+		return;
+	unregister_oom_notifier(&vb->oom_nb);
+	shrinker_free(vb->shrinker);
+}
+
+/* ---- the worker: one round at a time toward the target ---- */
 
 /*
  * Run the worker after @delay; an immediate request overrides a pending
  * retry, a retry never postpones a pending immediate run.
  */
-static void vbhp_queue_work(struct vbhp *vb, unsigned long delay)
+static void vbhp_work_queue(struct vbhp *vb, unsigned long delay)
 {
 	unsigned long flags;
 
@@ -807,7 +975,7 @@ static void vbhp_work_fn(struct work_struct *work)
 
 	mutex_lock(&vb->lock);
 	vbhp_od_update_hold(vb);
-	target = vbhp_target(vb);
+	target = vbhp_cfg_target(vb);
 	if (target > vb->num_pages && !vb->od_hold) {
 		want = target - vb->num_pages;
 		WRITE_ONCE(vb->od_abort, false);
@@ -829,11 +997,16 @@ static void vbhp_work_fn(struct work_struct *work)
 		if (vb->num_pages > target)
 			delay = 0;
 	}
-	vbhp_update_actual(vb);
+	vbhp_cfg_update_actual(vb);
+	if (vbhp_xfer_broken(vb)) {
+		dev_err_once(&vb->vdev->dev, "device broken: the balloon stays at %lu pages\n",
+			     vb->num_pages);
+		delay = -1;
+	}
 	mutex_unlock(&vb->lock);
 
 	if (delay >= 0)
-		vbhp_queue_work(vb, delay);
+		vbhp_work_queue(vb, delay);
 }
 
 /* ---- statistics queue (VIRTIO_BALLOON_F_STATS_VQ) ---- */
@@ -970,15 +1143,13 @@ static int vbhp_ioc_deflate_req(struct vbhp *vb,
 	return 0;
 }
 
-static long vbhp_ioc_deflate(struct vbhp *vb, void __user *uarg)
+static long vbhp_ioc_deflate(struct vbhp *vb,
+			     struct virtio_balloon_hp_deflate *arg)
 {
-	struct virtio_balloon_hp_deflate arg;
 	struct vbhp_od_req req;
 	int err;
 
-	err = vbhp_ioc_copy_in(&arg, sizeof(arg), uarg);
-	if (!err)
-		err = vbhp_ioc_deflate_req(vb, &arg, &req);
+	err = vbhp_ioc_deflate_req(vb, arg, &req);
 	if (err)
 		return err;
 	/* An explicit request beats an inflate round in progress. */
@@ -992,9 +1163,9 @@ static long vbhp_ioc_deflate(struct vbhp *vb, void __user *uarg)
 	else if (vbhp_od_held(vb, &req) < req.frames)
 		err = -ENOSPC;
 	else
-		arg.deflated = (u64)vbhp_od_deflate(vb, &req) << PAGE_SHIFT;
+		arg->deflated = (u64)vbhp_od_deflate(vb, &req) << PAGE_SHIFT;
 	mutex_unlock(&vb->lock);
-	return err ?: vbhp_ioc_copy_out(uarg, &arg, sizeof(arg));
+	return err;
 }
 
 static u64 vbhp_ioc_bytes(atomic64_t *pages)
@@ -1017,55 +1188,63 @@ static void vbhp_ioc_fill_od(struct vbhp *vb,
 		vbhp_ioc_bytes(&vb->stats[VBHP_STAT_OD_BELOW_4G]);
 }
 
-static long vbhp_ioc_stats(struct vbhp *vb, void __user *uarg)
+static long vbhp_ioc_stats(struct vbhp *vb, struct virtio_balloon_hp_stats *st)
 {
-	struct virtio_balloon_hp_stats st;
 	unsigned int order;
-	int err;
 
 	BUILD_BUG_ON(VBHP_NR_ORDERS > VIRTIO_BALLOON_HP_ORDERS);
 	BUILD_BUG_ON(VBHP_OD_NUM > VIRTIO_BALLOON_HP_OD_NUM);
-	err = vbhp_ioc_copy_in(&st, sizeof(st), uarg);
-	if (err)
-		return err;
-	memset(&st, 0, sizeof(st));
-	st.size = sizeof(st);
+	memset(st, 0, sizeof(*st));
+	st->size = sizeof(*st);
 	mutex_lock(&vb->lock);
-	st.block_order = vb->max_order;
-	st.target_bytes = (u64)vbhp_target(vb) << PAGE_SHIFT;
-	st.current_bytes = (u64)vb->num_pages << PAGE_SHIFT;
+	st->block_order = vb->max_order;
+	st->target_bytes = (u64)vbhp_cfg_target(vb) << PAGE_SHIFT;
+	st->current_bytes = (u64)vb->num_pages << PAGE_SHIFT;
 	for (order = 0; order < VBHP_NR_ORDERS; order++)
-		st.held_blocks[order] = vb->nr_blocks[order];
-	st.deflate_on_oom = vb->deflate_on_oom;
-	st.hold = vb->od_hold;
+		st->held_blocks[order] = vb->nr_blocks[order];
+	st->deflate_on_oom = vb->deflate_on_oom;
+	st->hold = vb->od_hold;
 	mutex_unlock(&vb->lock);
-	vbhp_ioc_fill_od(vb, &st);
-	return vbhp_ioc_copy_out(uarg, &st, sizeof(st));
+	vbhp_ioc_fill_od(vb, st);
+	return 0;
 }
 
-/* Commands match on type and number only: a grown struct keeps its number. */
+/*
+ * Commands match on type and number only: a grown struct keeps its number.
+ * User memory is copied in before and out after vbhp_ioc_lock is held, so
+ * a slow user page (userfaultfd, FUSE) never holds up remove().  A deflate
+ * whose result cannot be copied out has still happened: -EFAULT then.
+ */
 static long vbhp_ioc_ioctl(struct file *file, unsigned int cmd,
 			   unsigned long arg)
 {
+	union {
+		struct virtio_balloon_hp_deflate deflate;
+		struct virtio_balloon_hp_stats stats;
+	} karg;
 	void __user *uarg = (void __user *)arg;
 	unsigned int nr = _IOC_NR(cmd);
+	bool deflate = nr == _IOC_NR(VIRTIO_BALLOON_HP_IOC_DEFLATE);
+	size_t size = deflate ? sizeof(karg.deflate) : sizeof(karg.stats);
 	long ret;
 
 	if (_IOC_TYPE(cmd) != VIRTIO_BALLOON_HP_IOC_MAGIC ||
-	    (nr != _IOC_NR(VIRTIO_BALLOON_HP_IOC_DEFLATE) &&
-	     nr != _IOC_NR(VIRTIO_BALLOON_HP_IOC_STATS)))
+	    (!deflate && nr != _IOC_NR(VIRTIO_BALLOON_HP_IOC_STATS)))
 		return -ENOTTY;
 	if (!capable(CAP_SYS_ADMIN))
 		return -EPERM;
+	ret = vbhp_ioc_copy_in(&karg, size, uarg);
+	if (ret)
+		return ret;
 	mutex_lock(&vbhp_ioc_lock);
 	if (!vbhp_ioc_vb)
 		ret = -ENODEV;
-	else if (nr == _IOC_NR(VIRTIO_BALLOON_HP_IOC_DEFLATE))
-		ret = vbhp_ioc_deflate(vbhp_ioc_vb, uarg);
+	else if (deflate)
+		ret = vbhp_ioc_deflate(vbhp_ioc_vb, &karg.deflate);
 	else
-		ret = vbhp_ioc_stats(vbhp_ioc_vb, uarg);
+		ret = vbhp_ioc_stats(vbhp_ioc_vb, &karg.stats);
 	mutex_unlock(&vbhp_ioc_lock);
-	return ret;
+	return ret ?: vbhp_ioc_copy_out(uarg, &karg, size);
 }
 
 static const struct file_operations vbhp_ioc_fops = {
@@ -1096,39 +1275,6 @@ static void vbhp_ioc_unbind(struct vbhp *vb)
 	if (vbhp_ioc_vb == vb)
 		vbhp_ioc_vb = NULL;
 	mutex_unlock(&vbhp_ioc_lock);
-}
-
-/* The on-demand paths that exist only with DEFLATE_ON_OOM, and the ioctls. */
-static int vbhp_od_init(struct vbhp *vb)
-{
-	int err;
-
-	if (vb->deflate_on_oom) {
-		vb->shrinker = vbhp_compat_shrinker_create(vbhp_od_shrink_count,
-							   vbhp_od_shrink_scan,
-							   vb, KBUILD_MODNAME);
-		if (!vb->shrinker)
-			return -ENOMEM;
-		vb->oom_nb.notifier_call = vbhp_od_oom_notify;
-		err = register_oom_notifier(&vb->oom_nb);
-		if (err)
-			goto out_destroy_shrinker;
-	}
-	vbhp_ioc_bind(vb);
-	return 0;
-
-out_destroy_shrinker:
-	vbhp_compat_shrinker_destroy(vb->shrinker);
-	return err;
-}
-
-static void vbhp_od_exit(struct vbhp *vb)
-{
-	vbhp_ioc_unbind(vb);
-	if (vb->deflate_on_oom) {
-		unregister_oom_notifier(&vb->oom_nb);
-		vbhp_compat_shrinker_destroy(vb->shrinker);
-	}
 }
 
 /* ---- debugfs ---- */
@@ -1168,7 +1314,7 @@ static int vbhp_dbg_stats_show(struct seq_file *f, void *unused)
 	struct vbhp_xfer *x;
 	unsigned int i, s;
 
-	seq_printf(f, "target: %lu\n", vbhp_target(vb));
+	seq_printf(f, "target: %lu\n", vbhp_cfg_target(vb));
 	seq_printf(f, "current: %lu\n", READ_ONCE(vb->num_pages));
 	seq_printf(f, "page_order: %u\n", vb->max_order);
 	seq_printf(f, "hp_order: %u\n", vb->hp_order);
@@ -1211,7 +1357,7 @@ static int vbhp_dbg_parse_pfns(struct vbhp_xfer *x, char *list)
 			buf->nr_pfns = 0;
 			return -EINVAL;
 		}
-		buf->pfns[buf->nr_pfns++] = cpu_to_le32(pfn);
+		buf->pfns[buf->nr_pfns++] = cpu_to_virtio32(x->vq->vdev, pfn);
 	}
 	return buf->nr_pfns ? 0 : -EINVAL;
 }
@@ -1319,13 +1465,6 @@ static inline void vbhp_dbg_exit(struct vbhp *vb)
 
 /* ---- virtio device: probe and remove ---- */
 
-static void vbhp_xfer_acked(struct virtqueue *vq)
-{
-	struct vbhp *vb = vq->vdev->priv;
-
-	wake_up(&vb->acked);
-}
-
 /*
  * Queues in device order; a NULL name skips a queue whose feature is not
  * negotiated, so the hp queues follow the last negotiated one.
@@ -1339,23 +1478,25 @@ enum {
 	VBHP_VQ_NUM,
 };
 
-static int vbhp_init_vqs(struct vbhp *vb)
+static int vbhp_dev_find_vqs(struct vbhp *vb)
 {
-	vq_callback_t *callbacks[VBHP_VQ_NUM] = {
-		vbhp_xfer_acked, vbhp_xfer_acked, vbhp_stats_request,
-		vbhp_xfer_acked, vbhp_xfer_acked };
-	const char *names[VBHP_VQ_NUM] = { "inflate", "deflate" };
+	struct virtqueue_info info[VBHP_VQ_NUM] = {
+		[VBHP_VQ_INFLATE] = { "inflate", vbhp_xfer_done },
+		[VBHP_VQ_DEFLATE] = { "deflate", vbhp_xfer_done },
+	};
 	struct virtqueue *vqs[VBHP_VQ_NUM] = {};
 	int err;
 
 	if (virtio_has_feature(vb->vdev, VIRTIO_BALLOON_F_STATS_VQ))
-		names[VBHP_VQ_STATS] = "stats";
+		info[VBHP_VQ_STATS] =
+			(struct virtqueue_info){ "stats", vbhp_stats_request };
 	if (vb->hp_order) {
-		names[VBHP_VQ_HP_INFLATE] = "hp_inflate";
-		names[VBHP_VQ_HP_DEFLATE] = "hp_deflate";
+		info[VBHP_VQ_HP_INFLATE] =
+			(struct virtqueue_info){ "hp_inflate", vbhp_xfer_done };
+		info[VBHP_VQ_HP_DEFLATE] =
+			(struct virtqueue_info){ "hp_deflate", vbhp_xfer_done };
 	}
-	err = vbhp_compat_find_vqs(vb->vdev, VBHP_VQ_NUM, vqs, callbacks,
-				   names);
+	err = virtio_find_vqs(vb->vdev, VBHP_VQ_NUM, vqs, info, NULL);
 	if (err)
 		return err;
 	vb->xfer[VBHP_XFER_INFLATE].vq = vqs[VBHP_VQ_INFLATE];
@@ -1366,7 +1507,18 @@ static int vbhp_init_vqs(struct vbhp *vb)
 	return 0;
 }
 
-static void vbhp_free_xfers(struct vbhp *vb)
+/* Delete the virtqueues and forget every pointer to them. */
+static void vbhp_dev_del_vqs(struct vbhp *vb)
+{
+	unsigned int i;
+
+	vb->vdev->config->del_vqs(vb->vdev);
+	for (i = 0; i < VBHP_XFER_NUM; i++)
+		vb->xfer[i].vq = NULL;
+	vb->stats_vq = NULL;
+}
+
+static void vbhp_dev_free_xfers(struct vbhp *vb)
 {
 	unsigned int i;
 
@@ -1376,25 +1528,25 @@ static void vbhp_free_xfers(struct vbhp *vb)
 	}
 }
 
-static int vbhp_init_xfers(struct vbhp *vb)
+static int vbhp_dev_alloc_xfers(struct vbhp *vb)
 {
 	unsigned int i;
 	int err;
 
 	for (i = 0; i < VBHP_XFER_NUM; i++) {
-		err = vbhp_xfer_init(vb, i);
+		err = vbhp_xfer_setup(vb, i);
 		if (err)
-			goto out_free_rings;
+			goto out_free_xfers;
 	}
 	return 0;
 
-out_free_rings:
-	vbhp_free_xfers(vb);
+out_free_xfers:
+	vbhp_dev_free_xfers(vb);
 	return err;
 }
 
 /* Memory inflation leaves available: reserve_mb, or 1/32 of RAM. */
-static unsigned long vbhp_reserve_pages(void)
+static unsigned long vbhp_dev_reserve_pages(void)
 {
 	unsigned long pages;
 
@@ -1405,7 +1557,42 @@ static unsigned long vbhp_reserve_pages(void)
 		     1024UL << (20 - PAGE_SHIFT));
 }
 
-static void vbhp_init_state(struct vbhp *vb, struct virtio_device *vdev)
+/* The host's hp block order; 0 when this guest cannot use it. */
+static u32 vbhp_dev_hp_order(struct virtio_device *vdev)
+{
+	u32 order;
+
+	virtio_cread_le(vdev, struct virtio_balloon_hp_config, hp_block_order,
+			&order);
+	return order >= 1 && order <= page_order ? order : 0;
+}
+
+/*
+ * Negotiated features that size the device; read once here, so a host
+ * that changes hp_block_order after vbhp_validate() cannot change the
+ * order the queues and the block lists were set up for.
+ */
+static int vbhp_dev_init_features(struct vbhp *vb)
+{
+	struct virtio_device *vdev = vb->vdev;
+
+	vb->max_order = page_order;
+	if (virtio_has_feature(vdev, VIRTIO_BALLOON_F_HP_BLOCKS)) {
+		vb->hp_order = vbhp_dev_hp_order(vdev);
+		if (!vb->hp_order) {
+			dev_err(&vdev->dev, "hp_block_order changed after feature negotiation\n");
+			return -EINVAL;
+		}
+		vb->max_order = vb->hp_order;
+	}
+	/* As upstream: with DEFLATE_ON_OOM ballooned memory stays in MemTotal. */
+	vb->deflate_on_oom = virtio_has_feature(vdev,
+						VIRTIO_BALLOON_F_DEFLATE_ON_OOM);
+	vb->adjust_managed = !vb->deflate_on_oom;
+	return 0;
+}
+
+static void vbhp_dev_init_state(struct vbhp *vb, struct virtio_device *vdev)
 {
 	unsigned int order;
 
@@ -1417,27 +1604,12 @@ static void vbhp_init_state(struct vbhp *vb, struct virtio_device *vdev)
 	init_waitqueue_head(&vb->acked);
 	for (order = 0; order < VBHP_NR_ORDERS; order++)
 		INIT_LIST_HEAD(&vb->blocks[order]);
-	vb->max_order = page_order;
-	if (virtio_has_feature(vdev, VIRTIO_BALLOON_F_HP_BLOCKS)) {
-		/* vbhp_validate() made sure 1 <= hp_block_order <= page_order */
-		virtio_cread_le(vdev, struct virtio_balloon_hp_config,
-				hp_block_order, &vb->hp_order);
-		vb->max_order = vb->hp_order;
-	}
-	vb->alloc_order = vb->max_order;
-	vb->round_frames = max(VBHP_ROUND_FRAMES,
-			       (unsigned long)VIRTIO_BALLOON_HP_PFNS_PER_BUF <<
-			       vb->hp_order);
-	vb->reserve_pages = vbhp_reserve_pages();
-	/* As upstream: with DEFLATE_ON_OOM ballooned memory stays in MemTotal. */
-	vb->deflate_on_oom = virtio_has_feature(vdev,
-						VIRTIO_BALLOON_F_DEFLATE_ON_OOM);
-	vb->adjust_managed = !vb->deflate_on_oom;
+	vb->reserve_pages = vbhp_dev_reserve_pages();
 	atomic_set(&vb->config_gen, 0);
 }
 
-/* Hand the host the stats buffer and let the workers run. */
-static void vbhp_start(struct vbhp *vb)
+/* Let the workers run and hand the host the stats buffer. */
+static void vbhp_dev_start(struct vbhp *vb)
 {
 	mutex_lock(&vb->lock);
 	vb->ready = true;
@@ -1445,22 +1617,65 @@ static void vbhp_start(struct vbhp *vb)
 	vb->od_hold = false;
 	WRITE_ONCE(vb->od_abort, false);
 	mutex_unlock(&vb->lock);
-	if (vb->stats_vq)
-		vbhp_stats_push(vb);
+	/* Before the push: a quick host reply must not find us stopping. */
 	spin_lock_irq(&vb->stop_lock);
 	vb->stopping = false;
 	spin_unlock_irq(&vb->stop_lock);
-	vbhp_queue_work(vb, 0);
+	if (vb->stats_vq)
+		vbhp_stats_push(vb);
+	vbhp_work_queue(vb, 0);
 }
 
-/* Stop the workers: nothing is queued after this until vbhp_start(). */
-static void vbhp_stop(struct vbhp *vb)
+/* Stop the workers: nothing is queued after this until vbhp_dev_start(). */
+static void vbhp_dev_stop(struct vbhp *vb)
 {
 	spin_lock_irq(&vb->stop_lock);
 	vb->stopping = true;
 	spin_unlock_irq(&vb->stop_lock);
 	cancel_delayed_work_sync(&vb->work);
 	cancel_work_sync(&vb->stats_work);
+}
+
+/* Queues, buffers, device ready: what probe and restore share. */
+static int vbhp_dev_setup(struct vbhp *vb)
+{
+	int err;
+
+	err = vbhp_dev_find_vqs(vb);
+	if (err)
+		return err;
+	err = vbhp_dev_alloc_xfers(vb);
+	if (err)
+		goto out_del_vqs;
+	virtio_device_ready(vb->vdev);
+	return 0;
+
+out_del_vqs:
+	vbhp_dev_del_vqs(vb);
+	return err;
+}
+
+/*
+ * Every block goes back through the host, then the device is reset.  Does
+ * nothing without queues (a restore that failed left none).
+ */
+static void vbhp_dev_teardown(struct vbhp *vb)
+{
+	if (!vb->xfer[VBHP_XFER_INFLATE].vq)
+		return;
+	mutex_lock(&vb->lock);
+	vbhp_deflate(vb, vb->num_pages, ULONG_MAX);
+	vbhp_cfg_update_actual(vb);
+	vb->ready = false;
+	/* Blocks the host never acknowledged giving back must not be used. */
+	if (vb->num_pages)
+		dev_warn(&vb->vdev->dev, "device broken: %lu MiB stay ballooned for good\n",
+			 vb->num_pages >> (20 - PAGE_SHIFT));
+	mutex_unlock(&vb->lock);
+
+	virtio_reset_device(vb->vdev);
+	vbhp_dev_free_xfers(vb);
+	vbhp_dev_del_vqs(vb);
 }
 
 static int vbhp_probe(struct virtio_device *vdev)
@@ -1472,22 +1687,22 @@ static int vbhp_probe(struct virtio_device *vdev)
 	if (!vb)
 		return -ENOMEM;
 	vdev->priv = vb;
-	vbhp_init_state(vb, vdev);
-
-	err = vbhp_init_vqs(vb);
+	vbhp_dev_init_state(vb, vdev);
+	err = vbhp_dev_init_features(vb);
 	if (err)
 		goto out_free_vb;
-	err = vbhp_init_xfers(vb);
+	vb->round_frames = max(VBHP_ROUND_FRAMES,
+			       (unsigned long)VIRTIO_BALLOON_HP_PFNS_PER_BUF <<
+			       vb->hp_order);
+	err = vbhp_dev_setup(vb);
 	if (err)
-		goto out_del_vqs;
-
+		goto out_free_vb;
 	err = vbhp_od_init(vb);
 	if (err)
-		goto out_free_xfers;
-
-	virtio_device_ready(vdev);
+		goto out_teardown;
+	vbhp_ioc_bind(vb);
 	vbhp_dbg_init(vb);
-	vbhp_start(vb);
+	vbhp_dev_start(vb);
 	dev_info(&vdev->dev, "blocks of order %u, %s, %u buffers in flight, reserve %lu MiB%s\n",
 		 vb->max_order,
 		 vb->hp_order ? "one frame number per block" : "4 KiB frames",
@@ -1496,37 +1711,22 @@ static int vbhp_probe(struct virtio_device *vdev)
 		 vb->deflate_on_oom ? ", deflate on demand" : "");
 	return 0;
 
-out_free_xfers:
-	vbhp_free_xfers(vb);
-out_del_vqs:
-	vdev->config->del_vqs(vdev);
+out_teardown:
+	vbhp_dev_teardown(vb);
 out_free_vb:
 	kfree(vb);
 	return err;
-}
-
-/* Every block goes back through the host, then the device is reset. */
-static void vbhp_teardown(struct vbhp *vb)
-{
-	mutex_lock(&vb->lock);
-	vbhp_deflate(vb, vb->num_pages, ULONG_MAX);
-	vbhp_update_actual(vb);
-	vb->ready = false;
-	mutex_unlock(&vb->lock);
-
-	virtio_reset_device(vb->vdev);
-	vbhp_free_xfers(vb);
-	vb->vdev->config->del_vqs(vb->vdev);
 }
 
 static void vbhp_remove(struct virtio_device *vdev)
 {
 	struct vbhp *vb = vdev->priv;
 
-	vbhp_stop(vb);
+	vbhp_dev_stop(vb);
 	vbhp_dbg_exit(vb);
+	vbhp_ioc_unbind(vb);
 	vbhp_od_exit(vb);
-	vbhp_teardown(vb);
+	vbhp_dev_teardown(vb);
 	kfree(vb);
 }
 
@@ -1539,31 +1739,36 @@ static int vbhp_freeze(struct virtio_device *vdev)
 {
 	struct vbhp *vb = vdev->priv;
 
-	vbhp_stop(vb);
-	vbhp_teardown(vb);
+	vbhp_dev_stop(vb);
+	vbhp_dev_teardown(vb);
 	return 0;
 }
 
+/*
+ * A failed restore leaves the device without queues and the balloon empty
+ * (freeze emptied it); remove() then has nothing to give back.
+ */
 static int vbhp_restore(struct virtio_device *vdev)
 {
 	struct vbhp *vb = vdev->priv;
 	int err;
 
-	err = vbhp_init_vqs(vb);
+	err = vbhp_dev_setup(vb);
 	if (err)
 		return err;
-	err = vbhp_init_xfers(vb);
-	if (err)
-		goto out_del_vqs;
-	virtio_device_ready(vdev);
-	vbhp_start(vb);
+	vbhp_dev_start(vb);
 	return 0;
-
-out_del_vqs:
-	vdev->config->del_vqs(vdev);
-	return err;
 }
 #endif
+
+/* Whether the host offers a feature, negotiated by this driver or not. */
+static bool vbhp_offered(struct virtio_device *vdev, unsigned int bit)
+{
+	u64 features[VIRTIO_FEATURES_U64S] = {};
+
+	virtio_get_features(vdev, features);
+	return virtio_features_test_bit(features, bit);
+}
 
 /*
  * Before features are final: huge blocks are usable only if the host's
@@ -1571,9 +1776,6 @@ out_del_vqs:
  */
 static int vbhp_validate(struct virtio_device *vdev)
 {
-	u64 offered;
-	u32 order;
-
 	if (!vdev->config->get) {
 		dev_err(&vdev->dev, "config space is not readable\n");
 		return -EINVAL;
@@ -1585,18 +1787,15 @@ static int vbhp_validate(struct virtio_device *vdev)
 	 * queues after free-page-hint/reporting queues this driver does not
 	 * create: use 4 KiB frames rather than disagree about the queues.
 	 */
-	offered = vdev->config->get_features(vdev);
-	if (offered & (BIT_ULL(VIRTIO_BALLOON_F_FREE_PAGE_HINT) |
-		       BIT_ULL(VIRTIO_BALLOON_F_REPORTING))) {
+	if (vbhp_offered(vdev, VIRTIO_BALLOON_F_FREE_PAGE_HINT) ||
+	    vbhp_offered(vdev, VIRTIO_BALLOON_F_REPORTING)) {
 		dev_info(&vdev->dev, "host offers queues this driver does not use: sending 4 KiB frames\n");
 		__virtio_clear_bit(vdev, VIRTIO_BALLOON_F_HP_BLOCKS);
 		return 0;
 	}
-	virtio_cread_le(vdev, struct virtio_balloon_hp_config, hp_block_order,
-			&order);
-	if (!order || order > page_order) {
-		dev_info(&vdev->dev, "host block order %u unusable with page_order=%u: sending 4 KiB frames\n",
-			 order, page_order);
+	if (!vbhp_dev_hp_order(vdev)) {
+		dev_info(&vdev->dev, "host block order unusable with page_order=%u: sending 4 KiB frames\n",
+			 page_order);
 		__virtio_clear_bit(vdev, VIRTIO_BALLOON_F_HP_BLOCKS);
 	}
 	return 0;
@@ -1608,7 +1807,7 @@ static void vbhp_config_changed(struct virtio_device *vdev)
 	struct vbhp *vb = vdev->priv;
 
 	atomic_inc(&vb->config_gen);
-	vbhp_queue_work(vb, 0);
+	vbhp_work_queue(vb, 0);
 }
 
 static unsigned int vbhp_features[] = {
@@ -1643,9 +1842,9 @@ static int __init vbhp_init(void)
 {
 	int err;
 
-	if (page_order > VBHP_MAX_ORDER) {
+	if (page_order > MAX_PAGE_ORDER) {
 		pr_err("page_order=%u is invalid: valid range is 0..%u\n",
-		       page_order, VBHP_MAX_ORDER);
+		       page_order, MAX_PAGE_ORDER);
 		return -EINVAL;
 	}
 	if (!max_inflight || max_inflight > VBHP_MAX_INFLIGHT) {

@@ -5,28 +5,19 @@ Boots one guest per init_on_alloc setting and, for each max_inflight value,
 loads the module, inflates 3 GiB of 4 GiB and deflates it again (rmmod in
 between), timing each from the QMP command to the host's actual reaching the
 target.  Prints median seconds of 3 runs per value.
-Usage: bench/max_inflight.py [KERNEL]
+Usage: PYTHONPATH=tests bench/max_inflight.py [KERNEL]
 """
-import os
 import statistics
 import sys
-import time
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', 'tests'))
-from balloon import MiB, Balloon, balloon_guest  # noqa: E402
-from vbhp import kernels, wait_until  # noqa: E402
+from vbhp import MiB
+from vbhp.balloon import Balloon, balloon_guest
+from vbhp.kernels import kernels
 
 RAM = 4096 * MiB
 SMALL = 1024 * MiB
 VALUES = (1, 2, 4, 8, 16, 32)
 RUNS = 3
-
-
-def timed(b, size):
-    t0 = time.monotonic()
-    b.set_size(size)
-    wait_until(b.actual, 300, f'actual == {size}', ok=lambda a: a == size, interval=0.01)
-    return time.monotonic() - t0
 
 
 def main():
@@ -39,8 +30,8 @@ def main():
                 b = Balloon(g)
                 b.load(f'page_order=9 max_inflight={n}')
                 for _ in range(RUNS):
-                    inf.append(timed(b, SMALL))
-                    dfl.append(timed(b, RAM))
+                    inf.append(b.reach(SMALL, 300, interval=0.01))
+                    dfl.append(b.reach(RAM, 300, interval=0.01))
                 g.sh('rmmod virtio_balloon_hp')
                 print(f'  max_inflight={n:2}: inflate {statistics.median(inf):5.2f} s '
                       f'({3 / statistics.median(inf):4.2f} GiB/s)  deflate '

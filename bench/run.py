@@ -9,7 +9,7 @@ Same guest kernel, same workload, one variant after the other in one run:
 Stock QEMU is Debian's qemu-system-x86_64; the patched one is host/'s
 QEMU 10.0 with hp-block-order=9, so the last column also changes QEMU.
 
-Usage: bench/run.py [--quick] [--out DIR]
+Usage: PYTHONPATH=tests bench/run.py [--quick] [--out DIR]   (what make bench runs)
   --quick   2 GiB only, one run, first kernel: asserts every variant
             reaches its target (the smoke run make check does)
 Writes DIR/results.md and DIR/inflate-<kernel>.png (default: bench/).
@@ -21,16 +21,17 @@ import platform
 import re
 import statistics
 import subprocess
-import sys
 import time
 
+from vbhp import MiB
+from vbhp.balloon import INTREE_MODULE, Balloon, alloc_ms, balloon_guest, guest_files
+from vbhp.build import build_module
+from vbhp.hosts import Host, kvm_usable
+from vbhp.kernels import kernels
+
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(HERE, '..', 'tests'))
-from balloon import HP_QEMU, HP_ORDER, MODULE, SELFTESTS, MiB, alloc_ms, build_module  # noqa: E402
-from vbhp import Guest, kernels  # noqa: E402
 
 GiB = 1024 * MiB
-STOCK_QEMU = 'qemu-system-x86_64'
 VARIANTS = (  # name, module, parameters, patched QEMU
     ('in-tree', 'intree', '', False),
     ('hp-o0', 'hp', 'page_order=0', False),
@@ -50,14 +51,15 @@ class Run:
 
     def __init__(self, g, variant):
         self.g, self.variant = g, variant
+        self.b = Balloon(g)
         self.ram = g.mem_mib * MiB
 
-    def load(self, kernel):
-        name, module, params, _ = self.variant
+    def load(self):
+        _, module, params, _ = self.variant
         if module == 'intree':
-            self.g.sh('insmod /lib/vbhp/virtio_balloon.ko')
+            self.b.load('', module=INTREE_MODULE)
         else:
-            self.g.sh(f'insmod {MODULE} {params}')
+            self.b.load(params)
 
     def guest_cpu(self):
         """Busy CPU seconds of the guest so far, from its /proc/stat."""
@@ -84,15 +86,7 @@ class Run:
 
     def move(self, size, timeout=900):
         """Set the guest size; return seconds until the host sees it."""
-        qmp = self.g.qmp
-        t0 = time.monotonic()
-        qmp.cmd('balloon', value=size)
-        while qmp.cmd('query-balloon')['actual'] != size:
-            if time.monotonic() - t0 > timeout:
-                raise AssertionError(f'{self.variant[0]}: size {size} not reached '
-                                     f'in {timeout} s (at {qmp.cmd("query-balloon")["actual"]})')
-            time.sleep(POLL)
-        return time.monotonic() - t0
+        return self.b.reach(size, timeout, interval=POLL)
 
     def cycle(self):
         """Inflate 75% and deflate to empty; the costs of both."""
@@ -108,12 +102,8 @@ class Run:
 
 
 def boot(kernel, variant, ram_gib, init_on_alloc, files):
-    hp = variant[3]
-    return Guest(kernel, mem_mib=ram_gib * 1024, files=files,
-                 append=f'init_on_alloc={init_on_alloc}',
-                 qemu=HP_QEMU if hp else STOCK_QEMU,
-                 balloon_args=f',hp-block-order={HP_ORDER}' if hp else '',
-                 trace='virtqueue_pop')
+    return balloon_guest(kernel, ram_gib * 1024, hp=variant[3], files=files,
+                         append=f'init_on_alloc={init_on_alloc}', trace='virtqueue_pop')
 
 
 def floor_times(g, mib, order):
@@ -140,30 +130,28 @@ def thp_workload(g, run):
     return before, after
 
 
-def wait_full(g, timeout=180):
+def wait_full(b, timeout=180):
     """Ask for far more than the guest can give; wait until the host sees
     the balloon stop growing (within 1 MiB for 3 s). Returns bytes held."""
-    g.qmp.cmd('balloon', value=64 * MiB)
+    b.set_size(64 * MiB)
     last, since, t0 = None, time.monotonic(), time.monotonic()
     while time.monotonic() - since < 3 and time.monotonic() - t0 < timeout:
-        a = g.qmp.cmd('query-balloon')['actual']
+        a = b.actual()
         if last is None or abs(a - last) > MiB:
             last, since = a, time.monotonic()
         time.sleep(0.2)
-    return g.mem_mib * MiB - last
+    return b.ram - last
 
 
 def ondemand(kernel, v, files):
     """1 GiB allocated and touched by a guest program, with the balloon
     empty and then holding all it can (2 GiB guest, deflate-on-oom=on)."""
-    hp = v[3]
-    with Guest(kernel, mem_mib=2048, files=files, append='init_on_alloc=0',
-               qemu=HP_QEMU if hp else STOCK_QEMU,
-               balloon_args=(f',hp-block-order={HP_ORDER}' if hp else '') +
-               ',deflate-on-oom=on') as g:
+    with balloon_guest(kernel, 2048, hp=v[3], deflate_on_oom=True, files=files,
+                       append='init_on_alloc=0') as g:
         g.expect_oom = True  # the in-tree driver may not keep the OOM killer away
-        Run(g, v).load(kernel)
-        res = dict(empty=alloc_1g_ms(g), held=wait_full(g) // MiB)
+        run = Run(g, v)
+        run.load()
+        res = dict(empty=alloc_1g_ms(g), held=wait_full(run.b) // MiB)
         res['full'] = alloc_1g_ms(g)
         res['killed'] = 'Killed process' in g.sh('dmesg')
         assert_clean(g, v)
@@ -184,8 +172,8 @@ def assert_clean(g, v):
 
 def bench_kernel(kernel, sizes, runs, quick):
     """All measurements for one kernel: {(variant, key): value}."""
-    files = [build_module(kernel), kernel.module('virtio_balloon'),
-             build_module(kernel, 'floor'), os.path.join(SELFTESTS, 'vbhp_alloc')]
+    files = guest_files(kernel, extra=[kernel.module('virtio_balloon'),
+                                       build_module(kernel, 'floor')])
     res = {}
     plan = [(s, 0, runs) for s in sizes] + ([] if quick else [(4, 1, runs)])
     for ram, init, n in plan:
@@ -196,7 +184,7 @@ def bench_kernel(kernel, sizes, runs, quick):
                 if not quick and ram == 4 and v[0] == 'hp-o9':
                     for order in (9, 0):
                         res[('floor', f'{init}-{order}')] = floor_times(g, 3072, order)
-                run.load(kernel)
+                run.load()
                 huge0 = run.free_huge_mib()
                 cycles = [run.cycle() for _ in range(n)]
                 res[(v[0], f'{ram}-{init}')] = cycles
@@ -296,14 +284,12 @@ def plot(res, sizes, kernel, out):
 
 
 def versions():
-    stock = subprocess.run([STOCK_QEMU, '--version'], capture_output=True, text=True).stdout
-    hp = subprocess.run([HP_QEMU, '--version'], capture_output=True, text=True).stdout
     cpu = next((line.split(':', 1)[1].strip() for line in open('/proc/cpuinfo')
                 if line.startswith('model name')), platform.machine())
     return (f'- machine: {os.cpu_count()} CPUs ({cpu}), '
             f'{os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // GiB} GiB, '
-            f'{"KVM" if os.access("/dev/kvm", os.W_OK) and "vmx" in open("/proc/cpuinfo").read() else "QEMU TCG (no usable KVM)"}\n'
-            f'- stock QEMU: {stock.splitlines()[0]}\n- patched QEMU: {hp.splitlines()[0]} + host/patches')
+            f'{"KVM" if kvm_usable() else "QEMU TCG (no usable KVM)"}\n'
+            f'- stock QEMU: {Host().version()}\n- patched QEMU: {Host(hp=True).version()} + host/patches')
 
 
 def main():

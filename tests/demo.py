@@ -9,8 +9,9 @@ Usage: tests/demo.py [KERNEL]   (default: the first in .cache/kernels.list)
 import sys
 import time
 
-from balloon import MiB, Balloon, balloon_guest
-from vbhp import kernels
+from vbhp import MiB
+from vbhp.balloon import Balloon, balloon_guest
+from vbhp.kernels import kernels
 
 GiB = 1024 * MiB
 RAM_MIB = 4096

@@ -3,84 +3,51 @@
  * vbhp_check - check virtio_balloon_hp's own view of the balloon against
  * the guest's: the debugfs stats are complete and consistent, nothing is
  * left in flight, the held blocks add up to "current", and MemTotal moved
- * by exactly what the balloon holds.
+ * by exactly what the balloon holds (not at all with DEFLATE_ON_OOM).
  *
- * Usage: vbhp_check -b BOOT_MEMTOTAL_KB [-o PAGE_ORDER] [-t] [-d]
+ * Usage: vbhp_check [-b BOOT_MEMTOTAL_KB] [-o PAGE_ORDER] [-t]
+ *   -b  MemTotal before the balloon held anything.  Without it, the
+ *       baseline comes from the reserve the driver computed at probe,
+ *       when it held nothing: with reserve_mb=0 that is 1/32 of MemTotal
+ *       unless clamped to 32 MiB or 1 GiB, which pins MemTotal down to
+ *       31 pages (124 kB); otherwise that check skips.
+ *   -o  the block order expected (default: the host's hp order, else the
+ *       page_order parameter)
  *   -t  the balloon has settled at the host's target (current == target)
- *   -d  DEFLATE_ON_OOM was negotiated: MemTotal must not move at all
  */
 #include <stdio.h>
 #include <stdlib.h>
-#include <string.h>
 #include <unistd.h>
 
-#include "kselftest.h"
+#include "vbhp_lib.h"
 
-#define STATS_PATH	"/sys/kernel/debug/virtio_balloon_hp"
-#define MAX_KEYS	256
+#define RESERVE_DIV	32			/* the driver's auto reserve */
+#define RESERVE_MIN	(32L << 8)		/* pages: 32 MiB */
+#define RESERVE_MAX	(1024L << 8)		/* pages: 1 GiB */
+#define STABLE_MS	30000
 
-static struct {
-	char name[64];
-	long long val;
-} keys[MAX_KEYS];
-static int nr_keys;
-
-static int load_stats(void)
+/* MemTotal with the balloon empty, in kB: [*lo, *hi]; 0 if unknown. */
+static int baseline(const struct vbhp_dbg *d, long boot_kb, long *lo, long *hi)
 {
-	FILE *f = fopen(STATS_PATH, "r");
-	char line[128];
+	long r = vbhp_dbg(d, "reserve_pages");
 
-	if (!f)
-		return -1;
-	while (nr_keys < MAX_KEYS && fgets(line, sizeof(line), f))
-		if (sscanf(line, "%63[^:]: %lld", keys[nr_keys].name,
-			   &keys[nr_keys].val) == 2)
-			nr_keys++;
-	fclose(f);
-	return 0;
-}
-
-/* The value of @name; a missing key fails the run at once. */
-static long long dbg_val(const char *name)
-{
-	int i;
-
-	for (i = 0; i < nr_keys; i++)
-		if (!strcmp(keys[i].name, name))
-			return keys[i].val;
-	ksft_exit_fail_msg("debugfs has no \"%s\"\n", name);
-	return -1;
-}
-
-static long long stat_order(const char *what, int order)
-{
-	char name[64];
-
-	snprintf(name, sizeof(name), "%s_o%d", what, order);
-	return dbg_val(name);
-}
-
-static long meminfo_kb(const char *field)
-{
-	FILE *f = fopen("/proc/meminfo", "r");
-	char line[128];
-	long kb = -1;
-	size_t n = strlen(field);
-
-	if (!f)
-		return -1;
-	while (fgets(line, sizeof(line), f))
-		if (!strncmp(line, field, n) && line[n] == ':')
-			kb = atol(line + n + 1);
-	fclose(f);
-	return kb;
+	if (boot_kb) {
+		*lo = *hi = boot_kb;
+		return 1;
+	}
+	if (vbhp_param("reserve_mb") || r <= RESERVE_MIN || r >= RESERVE_MAX)
+		return 0;
+	*lo = r * RESERVE_DIV * 4;
+	*hi = (r * RESERVE_DIV + RESERVE_DIV - 1) * 4;
+	return 1;
 }
 
 int main(int argc, char **argv)
 {
-	long long held = 0, cur, order_bad = -1;
-	long boot_kb = 0, memtotal;
-	int want_order = -1, settled = 0, doom = 0, opt, o, max;
+	long boot_kb = 0, memtotal, lo, hi, want;
+	int want_order = -1, settled = 0, doom, opt, o, max, order_bad = -1;
+	long long held, cur;
+	struct vbhp_dbg d;
 
 	while ((opt = getopt(argc, argv, "b:o:td")) != -1) {
 		if (opt == 'b')
@@ -89,50 +56,50 @@ int main(int argc, char **argv)
 			want_order = atoi(optarg);
 		else if (opt == 't')
 			settled = 1;
-		else if (opt == 'd')
-			doom = 1;
-		else
-			ksft_exit_fail_msg("usage: %s -b KB [-o N] [-t] [-d]\n",
-					   argv[0]);
+		else if (opt != 'd')	/* -d: read from debugfs now, kept for old callers */
+			ksft_exit_fail_msg("usage: %s [-b KB] [-o N] [-t]\n", argv[0]);
 	}
 	ksft_print_header();
+	vbhp_require(VBHP_NEED_ROOT | VBHP_NEED_DEVICE | VBHP_NEED_DEBUGFS);
 	ksft_set_plan(6);
-	if (load_stats())
-		ksft_exit_fail_msg("cannot read " STATS_PATH "\n");
+	if (vbhp_dbg_stable(&d, STABLE_MS))
+		ksft_print_msg("the balloon did not settle within %d s\n", STABLE_MS / 1000);
 
-	max = dbg_val("page_order");
-	ksft_test_result(want_order < 0 || max == want_order,
-			 "page_order is %d\n", max);
-	ksft_test_result(!dbg_val("inflate_inflight") && !dbg_val("deflate_inflight"),
-			 "no buffer in flight\n");
+	max = vbhp_dbg(&d, "page_order");
+	if (want_order < 0)
+		want_order = vbhp_expected_order(&d);
+	ksft_test_result(max == want_order, "page_order is %d (want %d)\n", max, want_order);
+	ksft_test_result(vbhp_dbg_idle(&d), "no buffer in flight\n");
 
-	cur = dbg_val("current");
-	for (o = 0; o <= max; o++) {
-		held += stat_order("held", o) << o;
-		if (stat_order("alloc", o) - stat_order("free", o) !=
-		    stat_order("held", o))
+	cur = vbhp_dbg(&d, "current");
+	held = vbhp_dbg_held_pages(&d);
+	for (o = 0; o <= max; o++)
+		if (vbhp_dbg_order(&d, "alloc", o) - vbhp_dbg_order(&d, "free", o) !=
+		    vbhp_dbg_order(&d, "held", o))
 			order_bad = o;
-	}
 	ksft_test_result(held == cur, "held blocks add up to current: %lld == %lld pages\n",
 			 held, cur);
-	ksft_test_result(order_bad < 0, "per order, allocated - freed == held (bad: %lld)\n",
+	ksft_test_result(order_bad < 0, "per order, allocated - freed == held (bad: %d)\n",
 			 order_bad);
 	if (settled)
-		ksft_test_result(cur == dbg_val("target"), "current %lld == target %lld\n",
-				 cur, dbg_val("target"));
+		ksft_test_result(cur == vbhp_dbg(&d, "target"), "current %lld == target %lld\n",
+				 cur, vbhp_dbg(&d, "target"));
 	else
-		ksft_test_result_skip("not asked to check the target\n");
+		ksft_test_result_skip("current == target: not asked (-t): vbhp_target checks it\n");
 
-	memtotal = meminfo_kb("MemTotal");
-	if (!boot_kb)
-		ksft_test_result_skip("no boot MemTotal given\n");
+	doom = vbhp_dbg(&d, "deflate_on_oom");
+	memtotal = vbhp_meminfo_kb("MemTotal");
+	want = memtotal + (doom ? 0 : cur * 4);
+	if (!baseline(&d, boot_kb, &lo, &hi))
+		ksft_test_result_skip("MemTotal: no baseline: no -b, %s %ld, reserve %lld MiB\n",
+				      "reserve set or clamped: reserve_mb",
+				      vbhp_param("reserve_mb"), vbhp_dbg(&d, "reserve_pages") >> 8);
 	else
-		ksft_test_result(memtotal == boot_kb - (doom ? 0 : cur * 4),
-				 "MemTotal %ld kB, boot %ld kB, balloon %lld kB%s\n",
-				 memtotal, boot_kb, cur * 4,
-				 doom ? " (deflate-on-oom: stays in MemTotal)" : "");
-
-	if (ksft_get_fail_cnt())
-		ksft_exit_fail();
-	ksft_exit_pass();
+		ksft_test_result(want >= lo && want <= hi,
+				 "MemTotal %ld kB + balloon %lld kB%s = %ld kB, %s %ld..%ld %s\n",
+				 memtotal, cur * 4,
+				 doom ? " (deflate-on-oom: not counted, stays in MemTotal)" : "",
+				 want, "MemTotal with the balloon empty", lo, hi,
+				 boot_kb ? "(-b)" : "(from the reserve)");
+	ksft_finished();
 }

@@ -20,7 +20,7 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
-#include "kselftest.h"
+#include "vbhp_ksft.h"
 
 #define PAGE		4096UL
 #define BLOCK_ORDER	9

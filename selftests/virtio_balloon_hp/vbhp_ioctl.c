@@ -26,10 +26,11 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "kselftest.h"
-#include "../../uapi/linux/virtio_balloon_hp.h"
+#include <linux/virtio_balloon_hp.h>
 
-#define DEV_PATH	"/dev/virtio_balloon_hp"
+#include "vbhp_lib.h"
+
+#define DEV_PATH	VBHP_DEV
 #define MAX_ARG_SIZE	4096		/* largest size the module takes */
 #define NOBODY		65534
 #define NR_TESTS	24
@@ -59,14 +60,6 @@ static const char *ename(int err)
 static int do_ioctl(int fd, unsigned long cmd, void *p)
 {
 	return ioctl(fd, cmd, p) ? errno : 0;
-}
-
-static long long now_ms(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return ts.tv_sec * 1000LL + ts.tv_nsec / 1000000;
 }
 
 static void get_stats(struct virtio_balloon_hp_stats *s)
@@ -369,9 +362,9 @@ static void test_deflate(__u32 flags, const char *where)
 		return;
 	}
 	deflate_arg(reserve, flags);
-	t0 = now_ms();
+	t0 = vbhp_now_ms();
 	err = do_ioctl(dev_fd, IOC_DEFLATE, &arg);
-	ms = now_ms() - t0;
+	ms = vbhp_now_ms() - t0;
 	get_stats(&b);
 	if (!err)
 		ksft_print_msg("deflate %llu MiB took %lld ms%s\n",
@@ -411,8 +404,7 @@ int main(int argc, char **argv)
 
 	parse_args(argc, argv, &below_4g);
 	ksft_print_header();
-	if (geteuid())
-		ksft_exit_skip("must run as root\n");
+	vbhp_require(VBHP_NEED_ROOT | VBHP_NEED_DEVICE);
 	ksft_set_plan(NR_TESTS);
 	dev_fd = open(DEV_PATH, O_RDWR | O_CLOEXEC);
 	if (dev_fd < 0)

@@ -20,8 +20,9 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from images import SUMMARY, TAG, Image, ImageBoot, MiB  # noqa: E402
-from vbhp import ROOT, main, test, wait_until  # noqa: E402
+from vbhp import ROOT, MiB, wait_until  # noqa: E402
+from vbhp.images import SUMMARY, TAG, Image, ImageBoot  # noqa: E402
+from vbhp.runner import main, test  # noqa: E402
 
 # image -> kernel series DKMS must have built the module for
 IMAGES = {

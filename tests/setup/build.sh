@@ -2,7 +2,8 @@
 # Build the module for one guest kernel from .cache/kernels.list, at W=1 with
 # sparse (C=1), in a copy of the sources under .cache/build/<kver>/ so that
 # builds for several kernels do not overwrite each other.  Any compiler or
-# sparse warning fails the build.  Also builds the static selftests once.
+# sparse warning fails the build.  Also builds the static selftests once and
+# lists them in .cache/build/selftests/progs.list.
 #   tests/setup/build.sh 6.1        -> .cache/build/<kver>/virtio_balloon_hp.ko
 #   tests/setup/build.sh 6.1 hooks  -> .cache/build/<kver>-hooks/virtio_balloon_hp_hooks.ko
 #                                (VBHP_TEST_HOOKS=y: the test-only debugfs hooks)
@@ -18,20 +19,26 @@ variant=${2:-}
 read -r _ kver kdir < <(grep "^$short " "$CACHE/kernels.list") ||
     { echo "build: kernel $short is not in .cache/kernels.list (run tests/setup/setup.sh)" >&2; exit 1; }
 
+# shellcheck source=tests/setup/kbuild-lib.sh
+source "$ROOT/tests/setup/kbuild-lib.sh"
+
 out=$CACHE/build/$kver${variant:+-$variant}
 hooks=()
+case $variant in
+    ''|hooks) src=$ROOT ;;
+    floor) src=$ROOT/bench/floor ;;
+    dma) src=$ROOT/selftests/virtio_balloon_hp/dma ;;
+    *) echo "build: unknown variant '$variant': valid are hooks, floor, dma" >&2; exit 2 ;;
+esac
 [[ $variant == hooks ]] && hooks=(VBHP_TEST_HOOKS=y)
-mkdir -p "$out/uapi/linux"
-if [[ $variant == floor ]]; then
-    cp "$ROOT"/bench/floor/{Kbuild,vbhp_floor.c} "$out/"
-elif [[ $variant == dma ]]; then
-    cp "$ROOT"/selftests/virtio_balloon_hp/dma/{Kbuild,vbhp_dma.c} "$out/"
-else
-    cp "$ROOT"/{Kbuild,virtio_balloon_hp.c,balloon_hp.h,compat.h} "$out/"
-    cp "$ROOT/uapi/linux/virtio_balloon_hp.h" "$out/uapi/linux/"
-fi
+# Kbuild, the sources of its objects, the headers beside them and uapi/
+mkdir -p "$out"
+(cd "$src" && shopt -s nullglob &&
+    mapfile -t srcs < <(kbuild_sources . | tr ' ' '\n') &&
+    cp --parents Kbuild "${srcs[@]}" ./*.h "$out/" &&
+    if [[ -d uapi ]]; then cp -r uapi "$out/"; fi)
 log=$out/build.log
-if ! make -C "$kdir" M="$out" W=1 C=1 CHECK="sparse -Wno-decl" "${hooks[@]}" modules >"$log" 2>&1; then
+if ! make -C "$kdir" M="$out" W=1 C=1 "${hooks[@]}" modules >"$log" 2>&1; then
     cat "$log" >&2; echo "build: $kver: make failed" >&2; exit 1
 fi
 # kbuild prints nothing else for a clean build; anything with file:line is a finding
@@ -39,13 +46,19 @@ if grep -E '^[^ ]+:[0-9]+:[0-9]+: ' "$log" >&2; then
     echo "build: $kver: warnings above (W=1 / sparse)" >&2; exit 1
 fi
 
+# standalone build (our vbhp_ksft.h), static: the test initramfs has no libc
 mkdir -p "$CACHE/build/selftests"
-make -s -C "$ROOT/selftests/virtio_balloon_hp" OUTPUT="$CACHE/build/selftests" \
-    KSFT_INC="$CACHE/linux-src-6.1/tools/testing/selftests" >/dev/null 2>"$CACHE/build/selftests.log" ||
+ksft=(make -s --no-print-directory -C "$ROOT/selftests/virtio_balloon_hp"
+      OUTPUT="$CACHE/build/selftests" USERLDFLAGS=-static)
+"${ksft[@]}" >/dev/null 2>"$CACHE/build/selftests.log" ||
     { cat "$CACHE/build/selftests.log" >&2; exit 1; }
-ko=$out/virtio_balloon_hp.ko
-[[ $variant == floor ]] && ko=$out/vbhp_floor.ko
-[[ $variant == dma ]] && ko=$out/vbhp_dma.ko
+# The programs a test guest carries, as the selftests Makefile names them
+# (tests/vbhp/build.py reads this list).
+# shellcheck disable=SC2016  # make's $(...), not the shell's
+"${ksft[@]}" --eval='vbhp-list-progs: ; @echo $(TEST_GEN_PROGS) $(TEST_GEN_PROGS_EXTENDED)' \
+    vbhp-list-progs >"$CACHE/build/selftests/progs.list"
+read -r ko _ < <(kbuild_modules "$src")
+ko=$out/$ko
 if [[ $variant == hooks ]]; then
     # same module, another file name, so an initramfs can carry both
     cp "$ko" "$out/virtio_balloon_hp_hooks.ko"

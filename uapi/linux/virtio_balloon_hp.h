@@ -1,7 +1,10 @@
 /* SPDX-License-Identifier: ((GPL-2.0 WITH Linux-syscall-note) OR BSD-3-Clause) */
 /*
- * virtio_balloon_hp: wire protocol shared by the guest driver and hosts.
- * docs/protocol.md specifies it; this header only defines the numbers.
+ * virtio_balloon_hp: the interfaces the module shares with others.
+ *  - the wire protocol with hosts: feature bit, config layout, frame units
+ *    (docs/protocol.md specifies it; this header defines the numbers);
+ *  - the ioctl ABI of /dev/virtio_balloon_hp with user space
+ *    (docs/ioctl.md).
  *
  * Without VIRTIO_BALLOON_F_HP_BLOCKS the driver speaks the standard
  * virtio-balloon protocol (include/uapi/linux/virtio_balloon.h): every

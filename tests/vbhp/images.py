@@ -15,12 +15,12 @@ import subprocess
 import tempfile
 import time
 
-from vbhp import PROBLEM_PATTERNS, ROOT, Qmp
+from . import CACHE, ROOT, MiB
+from .guest import PROBLEM_PATTERNS, RUN_DIR
+from .hosts import Host
+from .qmp import Qmp
 
-MiB = 1 << 20
-CACHE = os.path.join(ROOT, '.cache')
 IMAGES_DIR = os.path.join(CACHE, 'images')
-RUN_DIR = os.path.join(CACHE, 'run')
 USER_DATA = os.path.join(ROOT, 'docs', 'cloud-init.yaml')
 TAG = 'vbhp-cloud-init'
 SUMMARY = re.compile(TAG + r': (PASS|FAIL) (\d+) passed, (\d+) failed, (\d+) skipped \(kernel (\S+)\)(.*)')
@@ -28,13 +28,6 @@ SUMMARY = re.compile(TAG + r': (PASS|FAIL) (\d+) passed, (\d+) failed, (\d+) ski
 # searched for kernel problems (cloud-init and systemd print words like
 # WARNING), less those that userspace logged through /dev/kmsg ("name[pid]: ").
 KERNEL_LINE = re.compile(r'^\[\s*\d+\.\d+\] (?![\w.@-]+\[\d+\]: )')
-
-# The hosts: Debian's QEMU, and the reference host built by host/build-qemu.sh.
-HOSTS = {
-    'stock': ('qemu-system-x86_64', ''),
-    'hp': (os.path.join(CACHE, 'qemu', 'bin', 'qemu-hp'), ',hp-block-order=9'),
-}
-
 
 def package_path_in_user_data():
     """The guest path the user-data installs the package from (its DEB= line)."""
@@ -70,6 +63,7 @@ class ImageBoot:
     The overlay (b.overlay) is kept for a later boot's base."""
 
     def __init__(self, image, host, deb, base=None, mem_mib=2048, target_mib=None, smp=2):
+        """host: 'stock' (Debian's QEMU) or 'hp' (the reference host)."""
         self.image, self.host, self.deb = image, host, deb
         self.base = base or image.disk
         self.mem_mib, self.smp = mem_mib, smp
@@ -117,21 +111,19 @@ class ImageBoot:
         subprocess.run(['qemu-img', 'create', '-q', '-f', 'qcow2', '-b', self.base, '-F', fmt,
                         self.overlay], check=True)
         seed = self._seed()
-        qemu, balloon = HOSTS[self.host]
-        if not os.path.exists(qemu) and os.sep in qemu:
-            raise RuntimeError(f'{qemu} missing: run host/build-qemu.sh')
+        host = Host(hp=self.host == 'hp')
+        if not os.path.exists(host.qemu) and os.sep in host.qemu:
+            raise RuntimeError(f'{host.qemu} missing: run host/build-qemu.sh')
         self.console_path = os.path.join(self.dir, 'console.log')
         qmp_path = os.path.join(self.dir, 'qmp.sock')
-        argv = [qemu, '-machine', 'q35', '-accel', 'tcg,thread=multi', '-cpu', 'max',
-                '-m', str(self.mem_mib), '-smp', str(self.smp),
-                '-nodefaults', '-nographic', '-no-reboot', '-nic', 'none',
-                '-kernel', os.path.join(self.image.dir, 'vmlinuz'),
-                '-initrd', os.path.join(self.image.dir, 'initrd.img'),
-                '-append', 'root=/dev/vda console=ttyS0 panic=-1',
-                '-drive', f'file={self.overlay},if=virtio,format=qcow2',
-                '-drive', f'file={seed},if=virtio,format=raw,readonly=on',
-                '-serial', f'file:{self.console_path}',
-                '-device', 'virtio-balloon-pci,id=balloon0' + balloon,
+        argv = host.argv(self.mem_mib, self.smp, None) + [
+            '-nodefaults', '-nographic', '-no-reboot', '-nic', 'none',
+            '-kernel', os.path.join(self.image.dir, 'vmlinuz'),
+            '-initrd', os.path.join(self.image.dir, 'initrd.img'),
+            '-append', 'root=/dev/vda console=ttyS0 panic=-1',
+            '-drive', f'file={self.overlay},if=virtio,format=qcow2',
+            '-drive', f'file={seed},if=virtio,format=raw,readonly=on',
+            '-serial', f'file:{self.console_path}',
                 '-qmp', f'unix:{qmp_path},server=on,wait=off']
         if self.target_mib:  # the guest starts with part of its memory ballooned
             argv += ['-S']

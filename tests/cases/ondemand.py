@@ -1,14 +1,14 @@
 """Tests of deflate on demand (issue 4): the shrinker, the OOM notifier and
 the /dev/virtio_balloon_hp ioctls, against QEMU with and without
-deflate-on-oom.  Imported by run_tests.py, which runs them."""
+deflate-on-oom.  Run by tests/run_tests.py."""
 import re
 import time
 
-from balloon import (MiB, Balloon, alloc_ms, balloon_guest, build_module, suspend,
-                     trace_count)
-from vbhp import test, wait_until
+from vbhp import MiB, wait_until
+from vbhp.balloon import Balloon, alloc_ms, balloon_guest, suspend, trace_count
+from vbhp.build import build_module
+from vbhp.runner import test
 
-DOO = ',deflate-on-oom=on'
 DMA_MODULE = '/lib/vbhp/vbhp_dma.ko'
 
 
@@ -54,8 +54,8 @@ def on_demand_pressure_deflates(kernel):
     """deflate-on-oom: a program allocating 1 GiB with the balloon holding
     nearly all free memory succeeds, nobody is OOM-killed, the balloon gave
     back at least the shortfall and the host's actual followed."""
-    with balloon_guest(kernel, 2048, balloon_args=DOO) as g:
-        b = Balloon(g, deflate_on_oom=True)
+    with balloon_guest(kernel, 2048, deflate_on_oom=True) as g:
+        b = Balloon(g)
         b.load()
         s0 = b.fill()
         mi = g.meminfo()
@@ -83,8 +83,8 @@ def on_demand_oom_notifier(kernel):
     """The OOM notifier, the last resort: with the shrinker switched off
     (test-hooks build) a program allocating past free memory still
     succeeds, the balloon gives back 64 MiB per OOM call, nobody is killed."""
-    with balloon_guest(kernel, 1024, balloon_args=DOO, hooks=True) as g:
-        b = Balloon(g, deflate_on_oom=True)
+    with balloon_guest(kernel, 1024, deflate_on_oom=True, hooks=True) as g:
+        b = Balloon(g)
         b.load(module='/lib/vbhp/virtio_balloon_hp_hooks.ko')
         g.sh('echo Y > /sys/kernel/debug/virtio_balloon_hp_no_shrinker')
         s0 = b.fill()
@@ -132,8 +132,8 @@ def on_demand_ioctl(kernel):
     """The ioctl ABI (vbhp_ioctl kselftest): stats, every bad input refused
     with nothing changed, unprivileged callers refused, a deflate that
     returns after the host acknowledged; the host sees it."""
-    with balloon_guest(kernel, 2048, balloon_args=DOO) as g:
-        b = Balloon(g, deflate_on_oom=True)
+    with balloon_guest(kernel, 2048, deflate_on_oom=True) as g:
+        b = Balloon(g)
         b.load()
         b.settle(512 * MiB)
         rc, out = g.run('vbhp_ioctl -r 64 -l', timeout=120)
@@ -150,8 +150,8 @@ def on_demand_hold_ends_on_reset(kernel):
     """Suspend resets the device and empties the balloon through the host;
     on resume it inflates to the host's target again, even though it was
     holding after an on-demand deflate."""
-    with balloon_guest(kernel, 2048, balloon_args=DOO) as g:
-        b = Balloon(g, deflate_on_oom=True)
+    with balloon_guest(kernel, 2048, deflate_on_oom=True) as g:
+        b = Balloon(g)
         b.load()
         b.settle(1024 * MiB)
         rc, out = g.run('vbhp_ioctl -r 64', timeout=120)
@@ -170,9 +170,9 @@ def on_demand_dma32_below_4g(kernel):
     balloon holding most memory below 4 GiB: they succeed, and every block
     the balloon gave back lies below 4 GiB (host trace, patched QEMU)."""
     dma = build_module(kernel, 'dma')
-    with balloon_guest(kernel, 4096, balloon_args=DOO, hp=True, extra_files=[dma],
+    with balloon_guest(kernel, 4096, deflate_on_oom=True, hp=True, extra_files=[dma],
                        append='init_on_alloc=0') as g:
-        b = Balloon(g, deflate_on_oom=True)
+        b = Balloon(g)
         b.load()
         b.fill()
         mark = len(g.trace().splitlines())
@@ -197,8 +197,8 @@ def on_demand_no_ping_pong(kernel):
     """60 s of steady pressure with a fixed target: after the first
     on-demand deflate the balloon does not inflate again (no reclaim /
     inflate loop), and the counters stay bounded."""
-    with balloon_guest(kernel, 2048, balloon_args=DOO) as g:
-        b = Balloon(g, deflate_on_oom=True)
+    with balloon_guest(kernel, 2048, deflate_on_oom=True) as g:
+        b = Balloon(g)
         b.load()
         s0 = b.fill()
         avail = g.meminfo()['MemAvailable'] // 1024

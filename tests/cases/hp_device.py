@@ -1,25 +1,21 @@
-#!/usr/bin/env python3
-"""Check the patched QEMU's huge-block balloon device without a guest kernel.
+"""The reference host's huge-block balloon device (host/), without a guest kernel.
 
-QEMU runs with the qtest accelerator: this script plays the guest driver,
+QEMU runs with the qtest accelerator: these tests play the guest driver,
 programming the virtio-pci device through port I/O and guest memory, so the
 device side of the protocol (config field, queue layout, inflate/deflate of
-2 MiB blocks, rejects, acks, trace events) is checked for real.
-
-Usage: host/test-hp-device.py [QEMU_BINARY]
-       (default: .cache/qemu/bin/qemu-hp, built by host/build-qemu.sh)
-Prints one line per check and 'N passed, N failed' at the end.
+2 MiB blocks, rejects, acks, trace events) is checked for real.  Each test
+prints one line per check and fails naming the checks that failed.
+Run by tests/run_tests.py (`tests/run_tests.py hp_device`).
 """
+import functools
 import os
 import re
 import struct
 import subprocess
-import sys
 import tempfile
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-QEMU = sys.argv[1] if len(sys.argv) > 1 else \
-    os.path.join(ROOT, ".cache/qemu/bin/qemu-hp")
+from vbhp.hosts import HP_QEMU as QEMU
+from vbhp.runner import test
 
 F_MUST_TELL_HOST, F_STATS_VQ, F_REPORTING, F_HP_BLOCKS = 0, 1, 5, 20
 F_VERSION_1 = 32
@@ -32,17 +28,36 @@ QUEUE_SPACE = 0x20000             # per queue: a 1024-entry vring + buffers
 MIB = 1 << 20
 BLOCK = 2 * MIB                  # order 9
 
-passed = failed = 0
 
 
-def check(ok, what):
-    global passed, failed
-    if ok:
-        passed += 1
-        print("ok     " + what)
-    else:
-        failed += 1
-        print("FAILED " + what)
+class Checks:
+    """The checks of one test: each printed as a TAP comment as it is made;
+    done() fails the test naming every check that failed."""
+
+    def __init__(self):
+        self.made, self.failed = 0, []
+
+    def __call__(self, ok, what):
+        self.made += 1
+        if not ok:
+            self.failed.append(what)
+        print(("# ok     " if ok else "# FAILED ") + what, flush=True)
+
+    def done(self):
+        assert not self.failed, "%d of %d checks failed: %s" % (
+            len(self.failed), self.made, "; ".join(self.failed))
+
+
+def device_test(fn):
+    """Register fn(tmp, check) as a test run once (no guest kernel): tmp is a
+    directory for its trace files, check a Checks."""
+    @functools.wraps(fn)
+    def run():
+        check = Checks()
+        with tempfile.TemporaryDirectory() as tmp:
+            fn(tmp, check)
+        check.done()
+    return test(run, per_kernel=False)
 
 
 class QTest:
@@ -242,7 +257,10 @@ def trace_lines(path, event):
         return [line for line in f if re.search(r"\b%s\b" % event, line)]
 
 
-def test_hp_queues(tmp):
+@device_test
+def hp_device_queues(tmp, check):
+    """hp-block-order=9: feature bit, config field, five queues, discards of
+    accepted blocks, rejects with reasons, acks, the 4 KiB path, trace events."""
     trace = os.path.join(tmp, "hp.trace")
     qt = QTest("virtio-balloon-pci,disable-modern=on,hp-block-order=9",
                trace=trace)
@@ -326,11 +344,11 @@ def test_hp_queues(tmp):
           "PFNs past 256 rejected: %s" % reasons[4:])
     check(len(bad_len) == 1, "odd buffer length traced")
     with open(os.path.join(tmp, "hp.trace")) as f:
-        sys.stdout.write("".join("       | " + line for line in
-                                 list(f)[:8]))
+        print("".join("#        | " + line for line in list(f)[:8]), end="")
 
 
-def test_edges(tmp):
+@device_test
+def hp_device_edges(tmp, check):
     """Order 1 blocks, and a block running past the end of RAM (255 MiB)."""
     trace = os.path.join(tmp, "edges.trace")
     qt = QTest("virtio-balloon-pci,disable-modern=on,hp-block-order=1",
@@ -372,7 +390,9 @@ def test_edges(tmp):
           "block across the end of RAM rejected: %s" % [r.strip() for r in rej])
 
 
-def test_stock(tmp):
+@device_test
+def hp_device_stock(tmp, check):
+    """Without hp-block-order the device is the stock one."""
     qt = QTest("virtio-balloon-pci,disable-modern=on")
     dev = LegacyBalloon(qt)
     hf = dev.host_features()
@@ -385,7 +405,10 @@ def test_stock(tmp):
     qt.close()
 
 
-def test_modern_negotiation(tmp):
+@device_test
+def hp_device_modern_negotiation(tmp, check):
+    """virtio 1.x: FEATURES_OK only when the driver accepts every queue
+    feature the device offers; the number of queues follows."""
     base = (1 << F_VERSION_1) | (1 << F_STATS_VQ) | (1 << F_HP_BLOCKS)
     cases = [("hp-block-order=9", base, True, 5),
              ("hp-block-order=9,free-page-reporting=on", base, False, 6),
@@ -407,7 +430,9 @@ def test_modern_negotiation(tmp):
         qt.close()
 
 
-def test_realize_errors():
+@device_test
+def hp_device_realize_errors(tmp, check):
+    """Out-of-range hp-block-order values refuse to start the device."""
     for order, want in (("10", "must be between 1 and 9"),
                         ("256", "expects uint8")):
         p = subprocess.run([QEMU, "-machine", "pc", "-accel", "qtest",
@@ -416,18 +441,3 @@ def test_realize_errors():
                            capture_output=True, text=True, timeout=30)
         check(p.returncode != 0 and want in p.stderr,
               "hp-block-order=%s refused: %s" % (order, p.stderr.strip()))
-
-
-def main():
-    with tempfile.TemporaryDirectory() as tmp:
-        test_hp_queues(tmp)
-        test_edges(tmp)
-        test_stock(tmp)
-        test_modern_negotiation(tmp)
-        test_realize_errors()
-    print("%d passed, %d failed" % (passed, failed))
-    return 1 if failed else 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

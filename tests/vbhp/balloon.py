@@ -5,46 +5,38 @@ device's guest-stats); the guest's from /proc/meminfo, the driver's debugfs
 file and the vbhp_check kselftest.  Every wait has a deadline and says what
 it saw last when it runs out.
 """
-import os
 import re
-import subprocess
 import time
 
-from vbhp import ROOT, Guest, wait_until
+from . import MiB, wait_until
+from .build import build_module, selftest_progs
+from .guest import Guest
+from .hosts import HP_TRACE, Host
 
-MiB = 1 << 20
 MODULE = '/lib/vbhp/virtio_balloon_hp.ko'
+INTREE_MODULE = '/lib/vbhp/virtio_balloon.ko'  # the kernel's own driver, in guests that carry it
 DEBUGFS = '/sys/kernel/debug/virtio_balloon_hp'
-SELFTESTS = os.path.join(ROOT, '.cache', 'build', 'selftests')
-HP_QEMU = os.path.join(ROOT, '.cache', 'qemu', 'bin', 'qemu-hp')  # host/build-qemu.sh
-HP_ORDER = 9
-SELFTEST_PROGS = ('vbhp_check', 'vbhp_fragment', 'vbhp_ioctl', 'vbhp_alloc')
 SETTLE_TIMEOUT = 240  # seconds; TCG inflates a few hundred MiB/s
 
 
-def build_module(kernel, variant=''):
-    """Build (W=1, sparse) for @kernel; return the path of the .ko."""
-    short = getattr(kernel, 'short', kernel)
-    out = subprocess.run(['bash', os.path.join(ROOT, 'tests', 'setup', 'build.sh'), short, variant],
-                         capture_output=True, text=True)
-    assert out.returncode == 0, f'build for {short} failed:\n{out.stderr}'
-    return out.stdout.strip().splitlines()[-1]
-
-
-def balloon_guest(kernel, mem_mib, balloon_args='', hp=False, hooks=False, extra_files=(),
-                  **kw):
-    """A Guest with our module and the selftests in /lib/vbhp.  hp: on the
-    patched QEMU with hp blocks of HP_ORDER, its trace events logged.
-    hooks: also the test-hooks build, as virtio_balloon_hp_hooks.ko."""
-    files = [build_module(kernel)] + [os.path.join(SELFTESTS, p)
-                                      for p in SELFTEST_PROGS] + list(extra_files)
+def guest_files(kernel, hooks=False, extra=()):
+    """Files for a test guest's /lib/vbhp: our module, the kselftest programs,
+    @extra, and with @hooks the test-hooks build as virtio_balloon_hp_hooks.ko."""
+    files = [build_module(kernel)] + selftest_progs() + list(extra)
     if hooks:
         files.append(build_module(kernel, 'hooks'))
-    if hp:
-        kw.update(qemu=HP_QEMU, trace='virtio_balloon_hp_*')
-        balloon_args = f',hp-block-order={HP_ORDER}' + balloon_args
-    return Guest(kernel=kernel, mem_mib=mem_mib, files=files,
-                 balloon_args=balloon_args, **kw)
+    return files
+
+
+def balloon_guest(kernel, mem_mib, hp=False, deflate_on_oom=False, hooks=False,
+                  extra_files=(), files=None, trace=None, **kw):
+    """A Guest with guest_files() (or @files) on Host(@hp, @deflate_on_oom):
+    hp, the reference host with hp blocks of HP_ORDER, its hp trace events
+    logged unless @trace names others."""
+    if files is None:
+        files = guest_files(kernel, hooks, extra_files)
+    host = Host(hp, deflate_on_oom, trace=HP_TRACE if hp and trace is None else trace)
+    return Guest(kernel=kernel, mem_mib=mem_mib, files=files, host=host, **kw)
 
 
 def suspend(guest):
@@ -79,16 +71,18 @@ def trace_count(guest, event, since=0, **fields):
 class Balloon:
     """One guest's balloon, seen from the host and from the guest."""
 
-    def __init__(self, guest, deflate_on_oom=False):
+    def __init__(self, guest):
         self.g = guest
         self.ram = guest.mem_mib * MiB
-        self.doom = deflate_on_oom
+        self.doom = guest.host.deflate_on_oom
         self.order = None
         self.boot_kb = guest.meminfo()['MemTotal']
 
     def load(self, params='page_order=9', module=MODULE):
-        self.g.sh(f'insmod {module} {params}')
-        self.order = int(self.stats()['page_order'])
+        """insmod our module (or another build of it, or INTREE_MODULE)."""
+        self.g.sh(f'insmod {module} {params}'.rstrip())
+        if module != INTREE_MODULE:
+            self.order = int(self.stats()['page_order'])
 
     def stats(self):
         """The driver's debugfs counters as a dict of ints."""
@@ -97,19 +91,27 @@ class Balloon:
                 (line.split(':', 1) for line in out.splitlines() if ':' in line)}
 
     def actual(self):
-        """Guest memory size as the host sees it (bytes)."""
-        return self.g.balloon.query()
+        """Guest memory size in bytes the device reports to the host (RAM - balloon)."""
+        return self.g.qmp.cmd('query-balloon')['actual']
 
     def set_size(self, size):
-        """Ask for a guest memory size (bytes), as `balloon` in QMP does."""
-        self.g.balloon.set_target_bytes(size)
+        """Ask for a guest memory size in bytes, as `balloon` in QMP does: the
+        host wants the guest to have this much."""
+        self.g.qmp.cmd('balloon', value=int(size))
+
+    def reach(self, size, timeout=SETTLE_TIMEOUT, interval=0.2):
+        """Set the size and wait until the host sees it (polling QMP every
+        @interval s); return the seconds it took."""
+        start = time.monotonic()
+        self.set_size(size)
+        wait_until(self.actual, timeout, f'QMP actual == {size}',
+                   ok=lambda a: a == size, interval=interval)
+        return time.monotonic() - start
 
     def settle(self, size, timeout=SETTLE_TIMEOUT):
         """Set the size and wait until both sides agree it is reached."""
         start = time.monotonic()
-        self.set_size(size)
-        wait_until(self.actual, timeout, f'QMP actual == {size}',
-                   ok=lambda a: a == size)
+        self.reach(size, timeout)
         target = (self.ram - size) >> 12
         wait_until(self.stats, 30,
                    f'debugfs current == target == {target}, nothing in flight',

@@ -1,0 +1,1 @@
+"""The test cases; tests/run_tests.py imports and runs them."""

@@ -1,0 +1,305 @@
+"""The core tests: the harness, the build, parameters, inflate/deflate on
+stock QEMU and on the reference host, suspend, rmmod.  Run by
+tests/run_tests.py."""
+import os
+import subprocess
+import sys
+import time
+
+from vbhp import MiB, ROOT, TESTS_DIR, wait_until
+from vbhp.balloon import INTREE_MODULE, MODULE, Balloon, balloon_guest, suspend, trace_count
+from vbhp.build import build_module
+from vbhp.guest import Guest
+from vbhp.hosts import HP_ORDER
+from vbhp.runner import test
+
+
+@test
+def intree_balloon_baseline(kernel):
+    """The harness itself, against the kernel's own virtio_balloon."""
+    with Guest(kernel, mem_mib=1024, files=[kernel.module('virtio_balloon')]) as g:
+        g.log(f'boot: {g.boot_seconds:.1f} s')
+        assert g.sh('uname -r').strip() == kernel.kver
+        rc, out = g.run("printf '%s\\n' \"it's\" 'a \"quoted\" arg'; exit 3")
+        assert (rc, out) == (3, 'it\'s\na "quoted" arg\n'), (rc, out)
+        total = g.meminfo()['MemTotal']
+        b = Balloon(g)
+        b.load('', module=INTREE_MODULE)
+        for size, kb in ((768 * MiB, total - 256 * 1024), (1024 * MiB, total)):
+            b.set_size(size)
+            wait_until(b.actual, 120, f'actual == {size}', ok=lambda a: a == size)
+            wait_until(lambda: g.meminfo()['MemTotal'], 10, f'MemTotal == {kb} kB',
+                       ok=lambda v: v == kb)
+
+
+@test(per_kernel=False)
+def bench_quick():
+    """make bench QUICK=1: every variant reaches its targets (no timing asserted)."""
+    out = subprocess.run([sys.executable, os.path.join(ROOT, 'bench', 'run.py'), '--quick',
+                          '--out', os.path.join(ROOT, '.cache', 'bench-quick')],
+                         capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=TESTS_DIR))
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+
+
+@test(per_kernel=False)
+def checkpatch_strict():
+    """checkpatch --strict over the module and the selftests."""
+    out = subprocess.run(['bash', os.path.join(ROOT, 'tests', 'setup', 'lint.sh')],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+@test
+def build_w1_sparse(kernel):
+    """The module builds with no W=1 or sparse warning."""
+    build_module(kernel)
+
+
+@test
+def bad_parameters_refuse_load(kernel):
+    """Out-of-range parameters refuse the load and name the valid range."""
+    with balloon_guest(kernel, 512) as g:
+        for param, msg in (('page_order=11', 'page_order=11 is invalid: valid range is 0..10'),
+                           ('page_order=64', 'page_order=64 is invalid'),
+                           ('max_inflight=0', 'max_inflight=0 is invalid: valid range is 1..64'),
+                           ('max_inflight=65', 'max_inflight=65 is invalid')):
+            rc, out = g.run(f'insmod {MODULE} {param}')
+            assert rc != 0, f'insmod {param} succeeded'
+            assert msg in g.sh('dmesg'), f'no "{msg}" in dmesg'
+            assert g.run('test -d /sys/module/virtio_balloon_hp')[0] != 0
+        b = Balloon(g)
+        b.load('page_order=9')
+        assert b.stats()['page_order'] == 9
+
+
+@test
+def inflate_deflate_exact(kernel):
+    """Several targets, two not 2 MiB aligned: exact on both sides."""
+    with balloon_guest(kernel, 2048) as g:
+        b = Balloon(g)
+        b.load()
+        g.qmp.cmd('qom-set', path='/machine/peripheral/balloon0',
+                  property='guest-stats-polling-interval', value=1)
+        for size in (1536 * MiB, 1024 * MiB, 1024 * MiB - 12 * 1024,
+                     1024 * MiB + 8 * 1024, 2048 * MiB):
+            secs = b.settle(size)
+            g.log(f'guest size {size / MiB:.3f} MiB reached in {secs:.1f} s')
+            b.check()
+            s = b.stats()
+            if size == 1024 * MiB:
+                # Unfragmented guest: every block is a whole 2 MiB block.
+                assert s['held_o9'] << 9 == s['current'], s
+                assert s['fallbacks'] == 0, s
+                want = g.meminfo()['MemTotal'] * 1024
+                wait_until(lambda: guest_stat(g, 'stat-total-memory'), 30,
+                           f'host guest-stats stat-total-memory == {want}',
+                           ok=lambda v: v == want)
+            if size == 1024 * MiB - 12 * 1024:
+                assert b.held_below(9) == 3, s
+            if size == 1024 * MiB + 8 * 1024:
+                # 5 pages out of o0 + o1 + 510 order-9 blocks: one split
+                assert s['splits'] == 1 and b.held_below(9) == 510, s
+        s = b.stats()
+        # Stock QEMU offers no hp blocks: everything went as 4 KiB frames.
+        assert s['hp_order'] == 0 and s['hp_inflate_buffers'] == 0, s
+        assert s['inflate_buffers'] >= (1024 * MiB >> 12) // 256, s
+
+
+def guest_stat(g, name):
+    stats = g.qmp.cmd('qom-get', path='/machine/peripheral/balloon0',
+                      property='guest-stats')
+    return stats['stats'].get(name)
+
+
+@test
+def deflate_on_oom_keeps_memtotal(kernel):
+    """With DEFLATE_ON_OOM negotiated, ballooned memory stays in MemTotal."""
+    with balloon_guest(kernel, 1024, deflate_on_oom=True) as g:
+        b = Balloon(g)
+        b.load()
+        b.settle(512 * MiB)
+        b.check()
+        assert g.meminfo()['MemTotal'] == b.boot_kb
+        b.settle(1024 * MiB)
+        b.check()
+
+
+@test
+def fragmented_guest_falls_back(kernel):
+    """With no free 2 MiB block left the target is still met, in lower orders."""
+    fragmented_case(kernel, hp=False)
+
+
+@test
+def hp_fragmented_guest_mixes_queues(kernel):
+    """Patched QEMU, fragmented guest: hp buffers and 4 KiB buffers both."""
+    fragmented_case(kernel, hp=True)
+
+
+def fragmented_case(kernel, hp):
+    with balloon_guest(kernel, 1024, hp=hp) as g:
+        b = Balloon(g)
+        b.load()
+        fill = g.meminfo()['MemFree'] // 1024 - 200
+        g.sh(f'vbhp_fragment -m {fill} -H >/tmp/frag.log 2>&1 &')
+        def frag_log():
+            return g.sh('cat /tmp/frag.log')
+
+        wait_until(frag_log, 120, 'the fragmenter to hold its memory',
+                   ok=lambda out: 'holding' in out)
+        g.log(frag_log())
+        size = 1024 * MiB - 300 * MiB
+        secs = b.settle(size)
+        b.check()
+        s = b.stats()
+        g.log(f'300 MiB in {secs:.1f} s; {b.held_below(9) * 4096 // MiB} MiB below order 9, '
+              f'{s["held_o9"] * 2} MiB in order 9, fallbacks {s["fallbacks"]}')
+        assert s['fallbacks'] > 0, s
+        assert b.held_below(9) * 4096 >= 64 * MiB, s
+        if hp:
+            hp_bufs = trace_count(g, 'virtio_balloon_hp_buffer', queue='hp_inflate')
+            g.log(f'hp_inflate buffers {len(hp_bufs)} (host trace), '
+                  f'inflate buffers {s["inflate_buffers"]}')
+            assert hp_bufs and s['inflate_buffers'] > 0, s
+            assert sum(int(r['pfns']) for r in hp_bufs) == s['held_o9'], s
+        g.sh('killall vbhp_fragment')
+        out = wait_until(frag_log, 30, 'the fragmenter to report and exit',
+                         ok=lambda out: 'ok 2' in out)
+        assert 'not ok' not in out, out
+        b.settle(1024 * MiB)
+        b.check()
+
+
+@test
+def target_beyond_guest(kernel):
+    """A target larger than the guest can give: no OOM, no hang, recovers."""
+    with balloon_guest(kernel, 1024) as g:
+        b = Balloon(g)
+        b.load()
+        # It keeps trying: at least three stalled rounds, a second apart.
+        held = b.fill(stalls=3, timeout=240)['current']
+        assert b.actual() > 64 * MiB, b.actual()
+        avail = g.meminfo()['MemAvailable']
+        g.log(f'holds {held * 4096 / MiB:.0f} MiB of 960 asked; MemAvailable {avail} kB')
+        assert g.sh('echo alive').strip() == 'alive'
+        b.check(settled=False)
+        b.settle(1024 * MiB)
+        b.check()
+
+
+@test
+def target_moves_mid_flight(kernel):
+    """The target changes while inflating and while deflating."""
+    with balloon_guest(kernel, 2048) as g:
+        b = Balloon(g)
+        b.load()
+        b.set_size(512 * MiB)
+        seen = wait_between(b, 2048 * MiB, 512 * MiB)
+        g.log(f'inflating: retargeted at {seen / MiB:.0f} MiB')
+        b.settle(1280 * MiB)
+        b.check()
+        b.settle(512 * MiB)
+        b.set_size(2048 * MiB)
+        seen = wait_between(b, 512 * MiB, 2048 * MiB)
+        g.log(f'deflating: retargeted at {seen / MiB:.0f} MiB')
+        b.settle(1792 * MiB)
+        b.check()
+
+
+def wait_between(b, start, end):
+    """Wait until the host sees a size strictly between start and end."""
+    lo, hi = min(start, end), max(start, end)
+    return wait_until(b.actual, 120, f'a size strictly between {lo} and {hi}',
+                      ok=lambda a: lo < a < hi, interval=0.02)
+
+
+@test
+def hp_blocks_one_pfn_per_block(kernel):
+    """Patched QEMU: 2 GiB in at most 4 hp buffers, one discard per block."""
+    with balloon_guest(kernel, 3072, hp=True) as g:
+        b = Balloon(g)
+        b.load()
+        s = b.stats()
+        assert s['hp_order'] == HP_ORDER, s
+        secs = b.settle(1024 * MiB)
+        b.check()
+        blocks = (2048 * MiB) >> (12 + HP_ORDER)
+        bufs = trace_count(g, 'virtio_balloon_hp_buffer', queue='hp_inflate')
+        discards = trace_count(g, 'virtio_balloon_hp_inflate', order=HP_ORDER)
+        s = b.stats()
+        g.log(f'2 GiB inflated in {secs:.1f} s: {len(bufs)} hp_inflate buffers, '
+              f'{len(discards)} block discards (host trace); guest counted '
+              f'{s["hp_inflate_buffers"]} buffers, {s["inflate_buffers"]} 4 KiB buffers')
+        assert 1 <= len(bufs) <= 4, bufs
+        assert sum(int(r['pfns']) for r in bufs) == blocks, bufs
+        assert len(discards) == blocks, len(discards)
+        assert len({r['gpa'] for r in discards}) == blocks
+        assert s['hp_inflate_buffers'] == len(bufs) and s['inflate_buffers'] == 0, s
+        assert not trace_count(g, 'virtio_balloon_hp_reject')
+        secs = b.settle(3072 * MiB)
+        b.check()
+        bufs = trace_count(g, 'virtio_balloon_hp_buffer', queue='hp_deflate')
+        hints = trace_count(g, 'virtio_balloon_hp_deflate', order=HP_ORDER)
+        g.log(f'deflated in {secs:.1f} s: {len(bufs)} hp_deflate buffers, {len(hints)} hints')
+        assert 1 <= len(bufs) <= 4 and len(hints) == blocks, (bufs, len(hints))
+
+
+@test
+def hp_malformed_buffers_rejected(kernel):
+    """Patched QEMU: misaligned and out-of-RAM hp blocks are refused, the
+    host keeps serving good ones (test-hooks build)."""
+    with balloon_guest(kernel, 1024, hp=True, hooks=True) as g:
+        b = Balloon(g)
+        b.load(module='/lib/vbhp/virtio_balloon_hp_hooks.ko')
+        inject = '/sys/kernel/debug/virtio_balloon_hp_inject'
+        beyond = (64 << 30) >> 12  # 64 GiB: 2 MiB aligned, far past RAM
+        g.sh(f'echo hp_inflate 0x1 {beyond} > {inject}')
+        g.sh(f'echo hp_deflate 0x201 > {inject}')
+        rejects = trace_count(g, 'virtio_balloon_hp_reject')
+        reasons = sorted((r['queue'], r['reason']) for r in rejects)
+        g.log(f'host rejected: {reasons}')
+        assert reasons == [('hp_deflate', 'misaligned'), ('hp_inflate', 'misaligned'),
+                           ('hp_inflate', 'outside-guest-ram')], reasons
+        assert g.run(f'echo hp_inflate zzz > {inject}')[0] != 0  # bad input: -EINVAL
+        b.settle(512 * MiB)
+        b.check()
+        assert len(trace_count(g, 'virtio_balloon_hp_inflate')) == 256
+        b.settle(1024 * MiB)
+        b.check()
+
+
+@test
+def suspend_resume(kernel):
+    """Suspend (s2idle, pm_test=devices) resets the device: the balloon
+    empties through the host on freeze and refills on restore."""
+    with balloon_guest(kernel, 2048) as g:
+        b = Balloon(g)
+        b.load()
+        b.settle(1024 * MiB)
+        suspend(g)
+        events = [e['data']['actual'] for e in g.qmp.events('BALLOON_CHANGE')]
+        assert 2048 * MiB in events, events  # emptied before the reset
+        wait_until(b.actual, 120, 'refilled after resume', ok=lambda a: a == 1024 * MiB)
+        b.check()
+        b.settle(2048 * MiB)
+        b.check()
+
+
+@test
+def rmmod_returns_everything(kernel):
+    """rmmod with a full balloon: MemTotal exact, host sees all RAM again."""
+    with balloon_guest(kernel, 2048) as g:
+        b = Balloon(g)
+        b.load()
+        b.settle(1024 * MiB)
+        t = time.monotonic()
+        g.sh('rmmod virtio_balloon_hp')
+        g.log(f'rmmod with 1 GiB ballooned took {time.monotonic() - t:.1f} s')
+        assert g.meminfo()['MemTotal'] == b.boot_kb
+        assert b.actual() == 2048 * MiB, b.actual()
+        # The host still wants 1 GiB: a new probe inflates again.
+        b.load()
+        wait_until(b.actual, 240, 're-inflate after reload',
+                   ok=lambda a: a == 1024 * MiB)
+        b.settle(2048 * MiB)
+        b.check()

@@ -1,0 +1,236 @@
+"""A QEMU guest running a kernel from kernels.list with the initramfs agent
+(tests/setup/mkinitramfs.sh), and the checks of its kernel log."""
+import base64
+import os
+import re
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+
+from . import CACHE, TESTS_DIR
+from .hosts import Host
+from .kernels import Kernel, find_kernel
+from .qmp import Qmp
+
+RUN_DIR = os.path.join(CACHE, 'run')
+BOOT_TIMEOUT = 120
+# agent markers (see mkinitramfs.sh), at a line start
+_READY = re.compile(rb'(?m)^@@VBHP-READY\n')
+_END = re.compile(rb'(?m)^@@VBHP-END (\d+)\n')
+
+PROBLEM_PATTERNS = ('WARNING:', 'BUG:', 'Oops', 'Out of memory', 'Killed process',
+                    'possible circular locking', 'possible recursive locking',
+                    'INFO: task', 'general protection fault', 'Call Trace', 'Kernel panic')
+
+# What an OOM-killer report prints; tolerated only in a test that expects one.
+OOM_REPORT_PATTERNS = ('Out of memory', 'Killed process', 'Call Trace')
+
+
+class BootCrash(RuntimeError):
+    """The guest kernel panicked before the agent came up."""
+
+    def __init__(self, msg, oops):
+        super().__init__(msg)
+        self.oops = oops
+
+
+started_guests = []  # guests started by the running test; the runner checks and cleans them
+
+
+class Guest:
+    """A QEMU guest running a kernel from kernels.list with the initramfs agent.
+    Files of each run (initramfs, console.log, qemu.log, sockets) live in a temp
+    dir under .cache/run/; the runner removes it when the test passed."""
+
+    def __init__(self, kernel='6.1', mem_mib=2048, smp=2, files=(), append='',
+                 host=None, qemu_args=()):
+        self.kernel = kernel if isinstance(kernel, Kernel) else find_kernel(kernel)
+        self.mem_mib, self.smp, self.files, self.append = mem_mib, smp, list(files), append
+        self.host = host or Host()
+        self.qemu_args = list(qemu_args)
+        self.dir = self.console_path = self.proc = self.qmp = self._agent = None
+        self._console_text = None  # snapshot taken when QEMU stops
+        self.boot_seconds = None
+        self.expect_oom = False  # a test that provokes the OOM killer sets this
+
+    def __enter__(self):
+        started_guests.append(self)
+        for attempt in (1, 2):
+            try:
+                self.start()
+                return self
+            except BootCrash as e:
+                self.close()
+                if attempt == 2:
+                    raise
+                # TCG now and then crashes a guest kernel at boot, long before
+                # anything of ours runs (seen: "Oops: int3" in an initcall of
+                # 6.12 under multi-threaded TCG).  Boot once more, and say so.
+                print(f'# boot retry: guest kernel crashed at boot: {e.oops}', flush=True)
+                shutil.rmtree(self.dir, ignore_errors=True)
+                self.proc = self.qmp = self._agent = self._console_text = None
+            except BaseException:
+                self.close()
+                raise
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def start(self):
+        t0 = time.monotonic()
+        os.makedirs(RUN_DIR, exist_ok=True)
+        self.dir = tempfile.mkdtemp(prefix=f'{self.kernel.short}-', dir=RUN_DIR)
+        self.console_path = os.path.join(self.dir, 'console.log')
+        initrd = os.path.join(self.dir, 'initramfs.cpio.gz')
+        subprocess.run([os.path.join(TESTS_DIR, 'setup', 'mkinitramfs.sh'), self.kernel.kver, initrd,
+                        *self.files], check=True)
+
+        # QEMU connects to our agent socket at startup, so no guest output is lost.
+        agent_path = os.path.join(self.dir, 'agent.sock')
+        listener = socket.socket(socket.AF_UNIX)
+        listener.bind(agent_path)
+        listener.listen(1)
+        cmdline = f'console=ttyS0 panic=-1 {self.append}'.strip()
+        qmp_path = os.path.join(self.dir, 'qmp.sock')
+        argv = self.host.argv(self.mem_mib, self.smp, os.path.join(self.dir, 'trace.log'))
+        argv += ['-nodefaults', '-nographic', '-no-reboot',
+                 '-kernel', self.kernel.vmlinuz, '-initrd', initrd, '-append', cmdline,
+                 '-serial', f'file:{self.console_path}',
+                 '-chardev', f'socket,id=agent,path={agent_path}',
+                 '-serial', 'chardev:agent',
+                 '-qmp', f'unix:{qmp_path},server=on,wait=off', *self.qemu_args]
+        self.qemu_log = os.path.join(self.dir, 'qemu.log')
+        with open(self.qemu_log, 'w') as log:
+            log.write(' '.join(argv) + '\n')
+            log.flush()
+            self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+        listener.settimeout(1)
+        deadline = time.monotonic() + 30
+        while self._agent is None:
+            try:
+                self._agent, _ = listener.accept()
+            except socket.timeout:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    listener.close()
+                    with open(self.qemu_log, errors='replace') as f:
+                        raise RuntimeError(f'QEMU did not start:\n{f.read()}') from None
+        listener.close()
+        self._rbuf = b''
+        self.qmp = Qmp(qmp_path)
+        try:
+            self._read_until(_READY, time.monotonic() + BOOT_TIMEOUT, f'boot ({BOOT_TIMEOUT} s)')
+        except (TimeoutError, ConnectionError) as e:
+            console = self.console()
+            msg = (f'guest did not come up ({e}); console tail:\n'
+                   + '\n'.join(console.splitlines()[-30:]))
+            oops = [line for line in console.splitlines() if 'Oops' in line or 'BUG:' in line]
+            if oops and 'Kernel panic' in console:
+                raise BootCrash(msg, oops[0]) from None
+            raise RuntimeError(msg) from None
+        self.boot_seconds = time.monotonic() - t0
+
+    def _read_until(self, marker, deadline, what):
+        """Read agent bytes until the regex marker matches; return (bytes before, match)."""
+        while True:
+            m = marker.search(self._rbuf)
+            if m:
+                out, self._rbuf = self._rbuf[:m.start()], self._rbuf[m.end():]
+                return out, m
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f'timed out: {what}')
+            self._agent.settimeout(min(left, 1))
+            try:
+                data = self._agent.recv(65536)
+            except socket.timeout:
+                if self.proc.poll() is not None:
+                    raise ConnectionError(f'QEMU exited with {self.proc.returncode}: {what}')
+                continue
+            if not data:
+                raise ConnectionError(f'agent connection closed (QEMU exit code {self.proc.wait(10)}): {what}')
+            self._rbuf += data
+
+    def run(self, cmd, timeout=60):
+        """Run a shell command in the guest; return (exit code, stdout+stderr)."""
+        if self._agent is None:
+            raise RuntimeError('guest agent unusable (not started or an earlier command timed out)')
+        if '\n' in cmd:  # the agent reads one line per command
+            cmd = f'eval "$(echo {base64.b64encode(cmd.encode()).decode()} | base64 -d)"'
+        self._agent.sendall(cmd.encode() + b'\n')
+        try:
+            out, m = self._read_until(_END, time.monotonic() + timeout, f'guest command ({timeout} s): {cmd}')
+        except (TimeoutError, ConnectionError):
+            self._agent = None  # the agent is still busy: its next output would be out of step
+            raise
+        return int(m.group(1)), out.decode(errors='replace')
+
+    def sh(self, cmd, timeout=60):
+        """Run a command; return its output; raise if its exit code is not 0."""
+        rc, out = self.run(cmd, timeout)
+        if rc != 0:
+            raise AssertionError(f'guest command failed with {rc}: {cmd}\n{out}')
+        return out
+
+    def log(self, msg):
+        """Report something the test measured, as TAP comment lines."""
+        for line in str(msg).splitlines():
+            print(f'# {self.kernel.short}: {line}', flush=True)
+
+    def meminfo(self):
+        """/proc/meminfo as a dict of ints (kB for the fields measured in kB)."""
+        return {k: int(v.split()[0]) for k, v in
+                (line.split(':', 1) for line in self.sh('cat /proc/meminfo').splitlines())}
+
+    def trace(self):
+        """QEMU's trace log so far (events of host.trace)."""
+        try:
+            with open(os.path.join(self.dir, 'trace.log'), errors='replace') as f:
+                return f.read()
+        except FileNotFoundError:
+            return ''
+
+    def console(self):
+        """Text of the guest console (ttyS0) so far."""
+        if self._console_text is not None:
+            return self._console_text
+        if not (self.console_path and os.path.exists(self.console_path)):
+            return ''
+        with open(self.console_path, errors='replace') as f:
+            return f.read()
+
+    def kernel_problems(self):
+        """Console lines that show a kernel warning, bug, oops, OOM, lockdep or hang report.
+        With self.expect_oom, the lines of OOM-killer reports themselves are not
+        problems (anything else inside them still is)."""
+        problems, in_oom = [], False
+        for line in self.console().splitlines():
+            if self.expect_oom and 'invoked oom-killer' in line:
+                in_oom = True
+            expected = in_oom and any(p in line for p in OOM_REPORT_PATTERNS)
+            if any(p in line for p in PROBLEM_PATTERNS) and not expected:
+                problems.append(line)
+            if 'Killed process' in line:
+                in_oom = False
+        return problems
+
+    def close(self):
+        """Quit QEMU (over QMP, then kill after a deadline). Files stay in self.dir."""
+        if self.proc and self.proc.poll() is None:
+            try:
+                self.qmp.cmd('quit', timeout=5)
+            except Exception:
+                pass  # QEMU may close the socket before answering
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        for s in (self._agent, self.qmp):
+            if s:
+                s.close()
+        self._agent = None
+        if self.proc:
+            self._console_text = self.console()

@@ -1,0 +1,54 @@
+"""The QEMU a guest runs on: Debian's stock QEMU, or the reference host
+(host/patches, built by host/build-qemu.sh) offering hp blocks.  The one
+place that picks the binary, the accelerator and the balloon device's
+properties."""
+import os
+import re
+import subprocess
+
+from . import CACHE
+
+STOCK_QEMU = 'qemu-system-x86_64'
+HP_QEMU = os.path.join(CACHE, 'qemu', 'bin', 'qemu-hp')  # host/build-qemu.sh
+HP_ORDER = 9
+HP_TRACE = 'virtio_balloon_hp_*'  # the reference host's trace events
+
+
+def kvm_usable():
+    """/dev/kvm alone is not enough: a nested PVM hypervisor (no vmx/svm flag)
+    offers one that cannot run stock kernels."""
+    with open('/proc/cpuinfo') as f:
+        flags = re.search(r'^flags\s*:(.*)$', f.read(), re.M).group(1).split()
+    return os.access('/dev/kvm', os.R_OK | os.W_OK) and bool({'vmx', 'svm'} & set(flags))
+
+
+class Host:
+    """hp: the reference host with hp-block-order=HP_ORDER (else stock QEMU);
+    deflate_on_oom: the device offers VIRTIO_BALLOON_F_DEFLATE_ON_OOM;
+    trace: a QEMU trace event pattern to log (Guest.trace() reads it)."""
+
+    def __init__(self, hp=False, deflate_on_oom=False, trace=None):
+        self.hp, self.deflate_on_oom, self.trace = hp, deflate_on_oom, trace
+        self.qemu = HP_QEMU if hp else STOCK_QEMU
+
+    def balloon_device(self):
+        """The -device value of the balloon (QOM id balloon0)."""
+        return ('virtio-balloon-pci,id=balloon0' + f',hp-block-order={HP_ORDER}' * self.hp
+                + ',deflate-on-oom=on' * self.deflate_on_oom)
+
+    def argv(self, mem_mib, smp, trace_log):
+        """QEMU's command line up to the guest's own files and sockets: binary,
+        machine, accelerator (KVM when usable, else multi-threaded TCG),
+        memory, CPUs, the balloon device and the trace log."""
+        kvm = kvm_usable()
+        argv = [self.qemu, '-machine', 'q35', '-accel', 'kvm' if kvm else 'tcg,thread=multi',
+                '-cpu', 'host' if kvm else 'max', '-m', str(mem_mib), '-smp', str(smp),
+                '-device', self.balloon_device()]
+        if self.trace:
+            argv += ['-d', f'trace:{self.trace}', '-D', trace_log]
+        return argv
+
+    def version(self):
+        """First line of the binary's --version."""
+        out = subprocess.run([self.qemu, '--version'], capture_output=True, text=True).stdout
+        return out.splitlines()[0]
