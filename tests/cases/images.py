@@ -61,7 +61,6 @@ def boot_image(name, host):
                   property='guest-stats-polling-interval', value=2)
         b.wait_line(TAG + ': installing', BOOT_TIMEOUT, 'cloud-init runs the user-data')
         b.wait_line(TAG + ': virtio_balloon_hp is up', INSTALL_TIMEOUT, 'driver up')
-        up = time.time()
 
         dkms = [line for line in b.lines(TAG + ': dkms: ') if 'installed' in line]
         log('dkms: ' + '; '.join(dkms))
@@ -73,8 +72,9 @@ def boot_image(name, host):
         # target the host set before boot, and its statistics come in.
         want = TARGET_MIB
         wait_until(b.actual_mib, 300, f'query-balloon actual == {want} MiB', ok=lambda a: a == want)
-        stats = wait_until(b.guest_stats, 30, 'guest stats sent after the driver came up',
-                           ok=lambda s: s['last-update'] >= up)
+        reached = time.time()
+        stats = wait_until(b.guest_stats, 30, 'guest stats sent after the balloon reached the target',
+                           ok=lambda s: s['last-update'] > reached)
         total = stats['stats']['stat-total-memory'] / MiB
         log(f'query-balloon actual {want} MiB; guest stats: total {total:.0f} MiB, '
             f'free {stats["stats"]["stat-free-memory"] / MiB:.0f} MiB')
