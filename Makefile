@@ -7,6 +7,9 @@
 #   make install          install the module and the modprobe.d blacklist
 #   make check            install test dependencies, build the patched QEMU,
 #                         run the QEMU test suite
+#   make check-images     the image tier: Debian 12/13 guest images (built and
+#                         cached), `make deb` (or VBHP_DEB=path.deb), each image
+#                         booted with docs/cloud-init.yaml on both hosts
 #   make demo             boot a guest and inflate/deflate it live
 #   make bench            side by side with the in-tree driver -> bench/results.md
 #                         (QUICK=1: 2 GiB, one run, into .cache/bench-quick/)
@@ -39,6 +42,12 @@ check:
 	bash host/build-qemu.sh
 	$(PYTHON) tests/run_tests.py $(TESTS)
 
+check-images:
+	bash tests/setup/mkimage.sh
+	bash host/build-qemu.sh
+	deb=$${VBHP_DEB:-$$($(MAKE) -s --no-print-directory deb)} && \
+	VBHP_DEB=$$(echo "$$deb" | tail -n 1) $(PYTHON) tests/cases/images.py $(TESTS)
+
 demo:
 	bash tests/setup/setup.sh
 	$(PYTHON) tests/demo.py
@@ -54,4 +63,4 @@ lint:
 deb:
 	@bash debian/make-deb.sh
 
-.PHONY: all modules clean install check demo bench lint deb
+.PHONY: all modules clean install check check-images demo bench lint deb
