@@ -46,7 +46,7 @@ check-images:
 	bash tests/setup/mkimage.sh
 	bash host/build-qemu.sh
 	deb=$${VBHP_DEB:-$$($(MAKE) -s --no-print-directory deb)} && \
-	VBHP_DEB=$$(echo "$$deb" | tail -n 1) $(PYTHON) tests/cases/images.py $(TESTS)
+	VBHP_DEB=$$(echo "$$deb" | tail -n 1) PYTHONPATH=tests $(PYTHON) tests/cases/images.py $(TESTS)
 
 demo:
 	bash tests/setup/setup.sh

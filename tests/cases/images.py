@@ -18,11 +18,9 @@ import shutil
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from vbhp import ROOT, MiB, wait_until  # noqa: E402
-from vbhp.images import SUMMARY, TAG, Image, ImageBoot  # noqa: E402
-from vbhp.runner import main, test  # noqa: E402
+from vbhp import ROOT, MiB, wait_until
+from vbhp.images import SUMMARY, TAG, Image, ImageBoot
+from vbhp.runner import main, test
 
 # image -> kernel series DKMS must have built the module for
 IMAGES = {
