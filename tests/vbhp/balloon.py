@@ -12,6 +12,7 @@ from . import MiB, wait_until
 from .build import build_module, selftest_progs
 from .guest import Guest
 from .hosts import HP_TRACE, Host
+from .runner import Skip
 
 MODULE = '/lib/vbhp/virtio_balloon_hp.ko'
 HOOKS_MODULE = '/lib/vbhp/virtio_balloon_hp_hooks.ko'  # the test-hooks build (VBHP_TEST_HOOKS)
@@ -42,7 +43,12 @@ def balloon_guest(kernel, mem_mib, hp=False, deflate_on_oom=False, hooks=False,
 
 def suspend(guest):
     """Suspend to idle and resume, devices included (pm_test=devices): the
-    virtio device is frozen (reset) and restored."""
+    virtio device is frozen (reset) and restored.  A kernel built without
+    PM_DEBUG (Debian's cloud flavour) has no pm_test, and a real s2idle under
+    QEMU here never wakes (an RTC alarm did not): the test is skipped there."""
+    if guest.run('test -e /sys/power/pm_test')[0] != 0:
+        raise Skip('no /sys/power/pm_test (CONFIG_PM_DEBUG off): suspend cannot be '
+                   'tested without a wakeup source')
     guest.sh('echo devices > /sys/power/pm_test && echo freeze > /sys/power/state',
              timeout=120)
     assert 'PM: suspend exit' in guest.sh('dmesg')
