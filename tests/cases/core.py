@@ -50,13 +50,13 @@ def checkpatch_strict():
     assert out.returncode == 0, out.stdout + out.stderr
 
 
-@test
+@test(matrix=True)
 def build_w1_sparse(kernel):
     """The module builds with no W=1 or sparse warning."""
     build_module(kernel)
 
 
-@test
+@test(matrix=True)
 def bad_parameters_refuse_load(kernel):
     """Out-of-range parameters refuse the load and name the valid range."""
     with balloon_guest(kernel, 512) as g:
@@ -73,7 +73,7 @@ def bad_parameters_refuse_load(kernel):
         assert b.stats()['page_order'] == 9
 
 
-@test
+@test(matrix=True)
 def inflate_deflate_exact(kernel):
     """Several targets, two not 2 MiB aligned: exact on both sides."""
     with balloon_guest(kernel, 2048) as g:
@@ -214,7 +214,7 @@ def wait_between(b, start, end):
                       ok=lambda a: lo < a < hi, interval=0.02)
 
 
-@test
+@test(matrix=True)
 def hp_blocks_one_pfn_per_block(kernel):
     """Patched QEMU: 2 GiB in at most 4 hp buffers, one discard per block."""
     with balloon_guest(kernel, 3072, hp=True) as g:
@@ -286,7 +286,7 @@ def suspend_resume(kernel):
         b.check()
 
 
-@test
+@test(matrix=True)
 def rmmod_returns_everything(kernel):
     """rmmod with a full balloon: MemTotal exact, host sees all RAM again."""
     with balloon_guest(kernel, 2048) as g:

@@ -11,7 +11,7 @@ from vbhp.build import SELFTESTS, build_module
 from vbhp.runner import test
 
 
-@test
+@test(matrix=True)
 def kselftest_in_guest(kernel):
     """The kselftests as a user runs them in a guest (make install, then the
     runner `make run_tests` uses), on their own: before the module is loaded

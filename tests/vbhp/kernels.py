@@ -41,6 +41,18 @@ class Kernel:
         return f'Kernel({self.short}, {self.kver})'
 
 
+# Kernels that run every test; the others run the matrix set (@test(matrix=
+# True)).  6.12-cloud is 6.12's source with another config: it runs the
+# matrix set unless VBHP_FULL_KERNELS names it ("all": every kernel).
+FULL_KERNELS = ('6.1', '6.12', '7.3')
+
+
+def full_kernel(kernel):
+    """Whether @kernel runs the whole suite, not only the matrix set."""
+    wanted = os.environ.get('VBHP_FULL_KERNELS', ' '.join(FULL_KERNELS)).split()
+    return 'all' in wanted or kernel.short in wanted
+
+
 def _known_kernels():
     path = os.path.join(CACHE, 'kernels.list')
     if not os.path.exists(path):

@@ -8,7 +8,7 @@ import traceback
 
 from . import ROOT
 from .guest import started_guests
-from .kernels import kernels
+from .kernels import full_kernel, kernels
 
 _tests = []
 
@@ -17,11 +17,15 @@ class Skip(Exception):
     """Raise in a test to skip it (with a reason)."""
 
 
-def test(fn=None, per_kernel=True):
-    """Register a test.  @test: fn(kernel) runs once per selected kernel;
+def test(fn=None, per_kernel=True, matrix=False):
+    """Register a test.  @test: fn(kernel) runs once per selected kernel that
+    runs the whole suite (kernels.full_kernel); @test(matrix=True): on every
+    selected kernel (the set each supported kernel must pass: build, load,
+    exact inflate/deflate on both hosts, rmmod, the kselftests);
     @test(per_kernel=False): fn() runs once."""
     def register(fn):
         fn.per_kernel = per_kernel
+        fn.matrix = matrix
         _tests.append(fn)
         return fn
     return register(fn) if fn else register
@@ -64,7 +68,8 @@ def main(argv=None):
     chosen = [t for t in _tests if not selectors or any(s in t.__name__ for s in selectors)]
     cases = [(t, None) for t in chosen if not t.per_kernel]
     if any(t.per_kernel for t in chosen):  # only these need .cache/kernels.list
-        cases += [(t, k) for k in kernels() for t in chosen if t.per_kernel]
+        cases += [(t, k) for k in kernels() for t in chosen
+                  if t.per_kernel and (t.matrix or full_kernel(k))]
     print('TAP version 13')
     print(f'1..{len(cases)}', flush=True)
     counts = {'ok': 0, 'fail': 0, 'skip': 0}
