@@ -8,7 +8,7 @@
  * changed a function's signature, the old kernel gets a static inline of
  * the same name and a macro that points the call at it.  Supported, and run
  * by the test suite: Debian 12's 6.1, Debian 13's 6.12 and trixie-backports'
- * 7.3 (and what lies between, built but not run).
+ * 7.3.  Kernels between them should work but are neither built nor run.
  */
 #ifndef _VBHP_COMPAT_H
 #define _VBHP_COMPAT_H
