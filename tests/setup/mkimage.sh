@@ -123,20 +123,14 @@ build() {
 
 # The host tools of the image tier: these images, their seed disks
 # (cloud-localds) and the qcow2 overlays the guests boot on (qemu-img).
-install_tools() {
-    local missing=() p
-    for p in mmdebstrap e2fsprogs cloud-image-utils qemu-utils; do
-        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' || missing+=("$p")
-    done
-    [[ ${#missing[@]} -eq 0 ]] && return
-    apt_update_once
-    log "apt-get install ${missing[*]}"
-    "${APT[@]}" install --no-install-recommends "${missing[@]}"
-}
+# `mkimage.sh --tools` installs only these (.ci/run, before it builds the
+# images beside make check, so that no two apt runs overlap).
+TOOLS=(mmdebstrap e2fsprogs cloud-image-utils qemu-utils)
+if [[ ${1:-} == --tools ]]; then install_missing "${TOOLS[@]}"; exit 0; fi
 
 names=("$@")
 [[ ${#names[@]} -gt 0 ]] || names=("${ALL[@]}")
 for n in "${names[@]}"; do recipe "$n"; done   # refuse a bad name before any work
-install_tools
+install_missing "${TOOLS[@]}"
 mkdir -p "$IMAGES"
 for n in "${names[@]}"; do build "$n"; done
