@@ -41,10 +41,11 @@ class Kernel:
         return f'Kernel({self.short}, {self.kver})'
 
 
-# Kernels that run every test; the others run the matrix set (@test(matrix=
-# True)).  6.12-cloud is 6.12's source with another config: it runs the
-# matrix set unless VBHP_FULL_KERNELS names it ("all": every kernel).
-FULL_KERNELS = ('6.1', '6.12', '7.3')
+# Kernels that run every test: the oldest and the newest supported.  The
+# others (Debian 13's 6.12, generic and cloud) run the matrix set
+# (@test(matrix=True)) unless VBHP_FULL_KERNELS names them ("all": every
+# kernel); a CI run of the whole suite on four kernels would not fit its hour.
+FULL_KERNELS = ('6.1', '7.3')
 
 
 def full_kernel(kernel):
