@@ -1833,13 +1833,18 @@ static int vbhp_restore(struct virtio_device *vdev)
 }
 #endif
 
-/* Whether the host offers a feature, negotiated by this driver or not. */
-static bool vbhp_offered(struct virtio_device *vdev, unsigned int bit)
+/*
+ * Whether the host offers queues this driver does not create (free page
+ * hinting, reporting), negotiated or not: one read of its features.
+ */
+static bool vbhp_offers_other_queues(struct virtio_device *vdev)
 {
 	u64 features[VIRTIO_FEATURES_U64S] = {};
 
 	virtio_get_features(vdev, features);
-	return virtio_features_test_bit(features, bit);
+	return virtio_features_test_bit(features,
+					VIRTIO_BALLOON_F_FREE_PAGE_HINT) ||
+	       virtio_features_test_bit(features, VIRTIO_BALLOON_F_REPORTING);
 }
 
 /*
@@ -1859,8 +1864,7 @@ static int vbhp_validate(struct virtio_device *vdev)
 	 * queues after free-page-hint/reporting queues this driver does not
 	 * create: use 4 KiB frames rather than disagree about the queues.
 	 */
-	if (vbhp_offered(vdev, VIRTIO_BALLOON_F_FREE_PAGE_HINT) ||
-	    vbhp_offered(vdev, VIRTIO_BALLOON_F_REPORTING)) {
+	if (vbhp_offers_other_queues(vdev)) {
 		dev_info(&vdev->dev, "host offers queues this driver does not use: sending 4 KiB frames\n");
 		__virtio_clear_bit(vdev, VIRTIO_BALLOON_F_HP_BLOCKS);
 		return 0;
