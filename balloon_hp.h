@@ -224,6 +224,11 @@ struct vbhp_xfer {
  * @shrinker: gives blocks back to direct reclaim (with @deflate_on_oom).
  * @oom_nb: gives blocks back before an OOM kill (with @deflate_on_oom).
  * @od_stats: per-trigger counters, enum vbhp_od_stat.
+ * @init_on_alloc: the guest kernel zeroes pages as it allocates them
+ *	(want_init_on_alloc() for the balloon's gfp flags: init_on_alloc=1,
+ *	on by default in Debian's kernels); read once at probe.
+ * @init_on_free: the guest kernel zeroes pages as they are freed
+ *	(want_init_on_free(), init_on_free=1); read once at probe.
  * @stats_vq: the statistics queue, or NULL when not negotiated.
  * @stats_work: refills and returns the statistics buffer.
  * @stats_buf: the statistics reported to the host; owned by @stats_work.
@@ -266,6 +271,8 @@ struct vbhp {
 	struct shrinker *shrinker;
 	struct notifier_block oom_nb;
 	atomic64_t od_stats[VBHP_OD_NUM][VBHP_ODSTAT_NUM];
+	bool init_on_alloc;
+	bool init_on_free;
 	struct virtqueue *stats_vq;
 	struct work_struct stats_work;
 	struct virtio_balloon_stat stats_buf[VIRTIO_BALLOON_S_NR];

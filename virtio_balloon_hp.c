@@ -352,6 +352,16 @@ static void vbhp_cfg_update_actual(struct vbhp *vb)
 	vb->reported = vb->num_pages;
 }
 
+/* RAM the guest has, ballooned or not, in pages. */
+static unsigned long vbhp_ram_pages(struct vbhp *vb)
+{
+	unsigned long pages = totalram_pages();
+
+	if (vb->adjust_managed)
+		pages += READ_ONCE(vb->num_pages);
+	return pages;
+}
+
 /* ---- transfers: buffers of frame numbers in flight to the host ---- */
 
 static struct vbhp_buf *vbhp_xfer_cur(struct vbhp_xfer *x)
@@ -964,6 +974,20 @@ static void vbhp_od_exit(struct vbhp *vb)
 	shrinker_free(vb->shrinker);
 }
 
+/* ---- page zeroing by the guest kernel: init_on_alloc, init_on_free ---- */
+
+/*
+ * Whether the kernel zeroes the pages the balloon allocates, or zeroed
+ * them when they were freed (then it skips the zeroing at allocation).
+ * Either way every ballooned page has been written by the guest, so the
+ * host backs it before it discards it.  Fixed at boot: read once.
+ */
+static void vbhp_zero_init(struct vbhp *vb)
+{
+	vb->init_on_alloc = want_init_on_alloc(vbhp_blk_gfp(page_order));
+	vb->init_on_free = want_init_on_free();
+}
+
 /* ---- the worker: one round at a time toward the target ---- */
 
 /*
@@ -1112,35 +1136,35 @@ static DEFINE_MUTEX(vbhp_ioc_lock);
 static struct vbhp *vbhp_ioc_vb;
 
 /*
- * Read an argument struct that starts with its size: sizes from our own
- * struct's up to a page are taken, and bytes we do not know must be zero.
+ * Read an argument struct that starts with its size: sizes from the first
+ * version's (@min_size) up to a page are taken, a shorter (older) struct's
+ * missing fields read as zero, and bytes we do not know must be zero.
+ * Returns the caller's size, or a negative errno.
  */
-static int vbhp_ioc_copy_in(void *karg, size_t ksize, void __user *uarg)
+static int vbhp_ioc_copy_in(void *karg, size_t ksize, size_t min_size,
+			    void __user *uarg)
 {
 	u32 usize;
 	int err;
 
 	if (get_user(usize, (u32 __user *)uarg))
 		return -EFAULT;
-	if (usize < ksize || usize > PAGE_SIZE)
+	if (usize < min_size || usize > PAGE_SIZE)
 		return -EINVAL;
 	err = copy_struct_from_user(karg, ksize, uarg, usize);
-	return err == -E2BIG ? -EINVAL : err;
+	if (err)
+		return err == -E2BIG ? -EINVAL : err;
+	return usize;
 }
 
-static int vbhp_ioc_copy_out(void __user *uarg, void *karg, size_t ksize)
+/* Write back what both sides know; the size field says how much that is. */
+static int vbhp_ioc_copy_out(void __user *uarg, void *karg, size_t ksize,
+			     u32 usize)
 {
-	return copy_to_user(uarg, karg, ksize) ? -EFAULT : 0;
-}
+	u32 len = min_t(size_t, ksize, usize);
 
-/* RAM the guest has, ballooned or not. */
-static u64 vbhp_ioc_ram_bytes(struct vbhp *vb)
-{
-	unsigned long pages = totalram_pages();
-
-	if (vb->adjust_managed)
-		pages += READ_ONCE(vb->num_pages);
-	return (u64)pages << PAGE_SHIFT;
+	*(u32 *)karg = len;
+	return copy_to_user(uarg, karg, len) ? -EFAULT : 0;
 }
 
 /* Validate a deflate request into @req; -EINVAL changes nothing. */
@@ -1149,7 +1173,7 @@ static int vbhp_ioc_deflate_req(struct vbhp *vb,
 				struct vbhp_od_req *req)
 {
 	if (arg->flags & ~VIRTIO_BALLOON_HP_DEFLATE_FLAGS || arg->deflated ||
-	    !arg->bytes || arg->bytes > vbhp_ioc_ram_bytes(vb))
+	    !arg->bytes || arg->bytes > (u64)vbhp_ram_pages(vb) << PAGE_SHIFT)
 		return -EINVAL;
 	req->trigger = VBHP_OD_IOCTL;
 	req->frames = (arg->bytes + PAGE_SIZE - 1) >> PAGE_SHIFT;
@@ -1212,7 +1236,6 @@ static long vbhp_ioc_stats(struct vbhp *vb, struct virtio_balloon_hp_stats *st)
 	BUILD_BUG_ON(VBHP_NR_ORDERS > VIRTIO_BALLOON_HP_ORDERS);
 	BUILD_BUG_ON(VBHP_OD_NUM > VIRTIO_BALLOON_HP_OD_NUM);
 	memset(st, 0, sizeof(*st));
-	st->size = sizeof(*st);
 	mutex_lock(&vb->lock);
 	st->block_order = vb->max_order;
 	st->target_bytes = (u64)vbhp_cfg_target(vb) << PAGE_SHIFT;
@@ -1221,6 +1244,8 @@ static long vbhp_ioc_stats(struct vbhp *vb, struct virtio_balloon_hp_stats *st)
 		st->held_blocks[order] = vb->nr_blocks[order];
 	st->deflate_on_oom = vb->deflate_on_oom;
 	st->hold = vb->od_hold;
+	st->init_on_alloc = vb->init_on_alloc;
+	st->init_on_free = vb->init_on_free;
 	mutex_unlock(&vb->lock);
 	vbhp_ioc_fill_od(vb, st);
 	return 0;
@@ -1244,15 +1269,20 @@ static long vbhp_ioc_ioctl(struct file *file, unsigned int cmd,
 	bool deflate = nr == _IOC_NR(VIRTIO_BALLOON_HP_IOC_DEFLATE);
 	size_t size = deflate ? sizeof(karg.deflate) : sizeof(karg.stats);
 	long ret;
+	int usize;
 
+	BUILD_BUG_ON(sizeof(karg.deflate) != VIRTIO_BALLOON_HP_DEFLATE_SIZE_VER0);
+	BUILD_BUG_ON(sizeof(karg.stats) != VIRTIO_BALLOON_HP_STATS_SIZE_VER1);
 	if (_IOC_TYPE(cmd) != VIRTIO_BALLOON_HP_IOC_MAGIC ||
 	    (!deflate && nr != _IOC_NR(VIRTIO_BALLOON_HP_IOC_STATS)))
 		return -ENOTTY;
 	if (!capable(CAP_SYS_ADMIN))
 		return -EPERM;
-	ret = vbhp_ioc_copy_in(&karg, size, uarg);
-	if (ret)
-		return ret;
+	usize = vbhp_ioc_copy_in(&karg, size, deflate ?
+				 VIRTIO_BALLOON_HP_DEFLATE_SIZE_VER0 :
+				 VIRTIO_BALLOON_HP_STATS_SIZE_VER0, uarg);
+	if (usize < 0)
+		return usize;
 	mutex_lock(&vbhp_ioc_lock);
 	if (!vbhp_ioc_vb)
 		ret = -ENODEV;
@@ -1261,7 +1291,7 @@ static long vbhp_ioc_ioctl(struct file *file, unsigned int cmd,
 	else
 		ret = vbhp_ioc_stats(vbhp_ioc_vb, &karg.stats);
 	mutex_unlock(&vbhp_ioc_lock);
-	return ret ?: vbhp_ioc_copy_out(uarg, &karg, size);
+	return ret ?: vbhp_ioc_copy_out(uarg, &karg, size, usize);
 }
 
 static const struct file_operations vbhp_ioc_fops = {
@@ -1337,6 +1367,8 @@ static int vbhp_dbg_stats_show(struct seq_file *f, void *unused)
 	seq_printf(f, "hp_order: %u\n", vb->hp_order);
 	seq_printf(f, "alloc_order: %u\n", READ_ONCE(vb->alloc_order));
 	seq_printf(f, "reserve_pages: %lu\n", vb->reserve_pages);
+	seq_printf(f, "init_on_alloc: %d\n", vb->init_on_alloc);
+	seq_printf(f, "init_on_free: %d\n", vb->init_on_free);
 	for (i = 0; i < VBHP_XFER_NUM; i++) {
 		x = &vb->xfer[i];
 		seq_printf(f, "%s_inflight: %u\n", vbhp_xfer_names[i],
@@ -1668,6 +1700,7 @@ static void vbhp_dev_init_state(struct vbhp *vb, struct virtio_device *vdev)
 		INIT_LIST_HEAD(&vb->blocks[order]);
 	vb->reserve_pages = vbhp_dev_reserve_pages();
 	atomic_set(&vb->config_gen, 0);
+	vbhp_zero_init(vb);
 }
 
 /* Let the workers run and hand the host the stats buffer. */

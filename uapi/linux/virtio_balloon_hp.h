@@ -47,10 +47,12 @@ struct virtio_balloon_hp_config {
  * The user-space ABI of /dev/virtio_balloon_hp (docs/ioctl.md).
  *
  * Every argument struct starts with its size: the caller sets it to the
- * sizeof() it was built with.  Sizes below the first version's or above
- * 4096 are refused with -EINVAL; a caller built against a larger, later
- * version must leave the fields this kernel module does not know at zero.
- * The module writes back at most the caller's size.  Commands are matched
+ * sizeof() it was built with.  Sizes below the first version's
+ * (VIRTIO_BALLOON_HP_*_SIZE_VER0) or above 4096 are refused with -EINVAL;
+ * a caller built against a larger, later version must leave the fields
+ * this kernel module does not know at zero, and a caller built against an
+ * older, smaller version gets the fields it knows.  The module writes back
+ * at most the caller's size; the size it writes back is its own.  Commands are matched
  * on type and number only, so a grown struct keeps its command.  All
  * commands need CAP_SYS_ADMIN.
  */
@@ -82,6 +84,9 @@ struct virtio_balloon_hp_deflate {
 	__u64 deflated;
 };
 
+/* sizeof(struct virtio_balloon_hp_deflate) of its first version. */
+#define VIRTIO_BALLOON_HP_DEFLATE_SIZE_VER0	24
+
 /* Triggers of an on-demand deflate, as indexes of the od_* arrays. */
 #define VIRTIO_BALLOON_HP_OD_SHRINKER	0
 #define VIRTIO_BALLOON_HP_OD_OOM	1
@@ -103,6 +108,16 @@ struct virtio_balloon_hp_deflate {
  * @deflate_on_oom: out: 1 if VIRTIO_BALLOON_F_DEFLATE_ON_OOM is negotiated.
  * @hold: out: 1 while inflation waits for the host to write a target after
  *	an on-demand deflate.
+ * @init_on_alloc: out: 1 if the guest kernel zeroes every page it
+ *	allocates (want_init_on_alloc(), the init_on_alloc= boot option;
+ *	default on in Debian's kernels), read when the device was probed.
+ *	Then every block the balloon takes is written in full before the
+ *	host discards it (unless @init_on_free is 1 too: the kernel then
+ *	zeroes at free instead).  Since VIRTIO_BALLOON_HP_STATS_SIZE_VER1.
+ * @init_on_free: out: 1 if the guest kernel zeroes every page it frees
+ *	(want_init_on_free(), the init_on_free= boot option), read when the
+ *	device was probed.  Then every block deflated is written in full as
+ *	it returns to the guest.  Since VIRTIO_BALLOON_HP_STATS_SIZE_VER1.
  */
 struct virtio_balloon_hp_stats {
 	__u32 size;
@@ -115,7 +130,13 @@ struct virtio_balloon_hp_stats {
 	__u64 od_below_4g_bytes;
 	__u32 deflate_on_oom;
 	__u32 hold;
+	__u32 init_on_alloc;
+	__u32 init_on_free;
 };
+
+/* sizeof(struct virtio_balloon_hp_stats), by version. */
+#define VIRTIO_BALLOON_HP_STATS_SIZE_VER0	232	/* up to @hold */
+#define VIRTIO_BALLOON_HP_STATS_SIZE_VER1	240	/* + init_on_alloc/free */
 
 #define VIRTIO_BALLOON_HP_IOC_DEFLATE \
 	_IOWR(VIRTIO_BALLOON_HP_IOC_MAGIC, 1, struct virtio_balloon_hp_deflate)
