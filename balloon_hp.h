@@ -229,6 +229,8 @@ struct vbhp_xfer {
  *	on by default in Debian's kernels); read once at probe.
  * @init_on_free: the guest kernel zeroes pages as they are freed
  *	(want_init_on_free(), init_on_free=1); read once at probe.
+ * @zero_noticed: the notice that a large target costs a zeroing pass
+ *	has been printed; once per device, set under @lock.
  * @stats_vq: the statistics queue, or NULL when not negotiated.
  * @stats_work: refills and returns the statistics buffer.
  * @stats_buf: the statistics reported to the host; owned by @stats_work.
@@ -273,6 +275,7 @@ struct vbhp {
 	atomic64_t od_stats[VBHP_OD_NUM][VBHP_ODSTAT_NUM];
 	bool init_on_alloc;
 	bool init_on_free;
+	bool zero_noticed;
 	struct virtqueue *stats_vq;
 	struct work_struct stats_work;
 	struct virtio_balloon_stat stats_buf[VIRTIO_BALLOON_S_NR];
