@@ -1,9 +1,11 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
  * vbhp_ioctl - the /dev/virtio_balloon_hp ABI (docs/ioctl.md): STATS is
- * consistent, every malformed or unprivileged call is refused with the
- * documented errno and changes nothing, and an on-demand DEFLATE gives
- * back whole blocks and is accounted as an ioctl trigger.
+ * consistent and serves callers built against its first version, its
+ * init_on_alloc/init_on_free agree with debugfs and /proc/cmdline, every
+ * malformed or unprivileged call is refused with the documented errno and
+ * changes nothing, and an on-demand DEFLATE gives back whole blocks and is
+ * accounted as an ioctl trigger.
  *
  * Usage: vbhp_ioctl [-r MIB] [-l]
  *   -r MIB  size of the valid deflate to try (default 64)
@@ -33,7 +35,7 @@
 #define DEV_PATH	VBHP_DEV
 #define MAX_ARG_SIZE	4096		/* largest size the module takes */
 #define NOBODY		65534
-#define NR_TESTS	24
+#define NR_TESTS	27
 #define OD_IOCTL	VIRTIO_BALLOON_HP_OD_IOCTL
 #define IOC_DEFLATE	VIRTIO_BALLOON_HP_IOC_DEFLATE
 #define IOC_STATS	VIRTIO_BALLOON_HP_IOC_STATS
@@ -138,7 +140,8 @@ static int stats_consistent(const struct virtio_balloon_hp_stats *s)
 		od += s->od_bytes[t];
 	return held == s->current_bytes && s->od_below_4g_bytes <= od &&
 	       s->block_order < VIRTIO_BALLOON_HP_ORDERS &&
-	       s->deflate_on_oom <= 1 && s->hold <= 1;
+	       s->deflate_on_oom <= 1 && s->hold <= 1 &&
+	       s->init_on_alloc <= 1 && s->init_on_free <= 1;
 }
 
 /* STATS works, writes back its own size, and is self-consistent. */
@@ -154,6 +157,8 @@ static void test_stats(void)
 	ksft_print_msg("target %llu MiB, current %llu MiB, order %u, deflate_on_oom %u, hold %u\n",
 		       s->target_bytes >> 20, s->current_bytes >> 20,
 		       s->block_order, s->deflate_on_oom, s->hold);
+	ksft_print_msg("init_on_alloc %u, init_on_free %u\n",
+		       s->init_on_alloc, s->init_on_free);
 	ksft_test_result(s->size == sizeof(*s) && stats_consistent(s),
 			 "STATS: size %u, held blocks add up to current %llu bytes\n",
 			 s->size, s->current_bytes);
@@ -174,6 +179,108 @@ static void test_stats_grown(void)
 			 stats_consistent(&arg.s),
 			 "STATS size %zu, zero tail: %s, size written back %u\n",
 			 ksize + 64, ename(err), arg.s.size);
+}
+
+/*
+ * A caller built against the first version of the struct is served: the
+ * fields it knows are filled in, nothing past its size is written, and
+ * the size written back is its own.
+ */
+static void test_stats_ver0(void)
+{
+	struct virtio_balloon_hp_stats now;
+	size_t v0 = VIRTIO_BALLOON_HP_STATS_SIZE_VER0, i;
+	int err, untouched = 1;
+
+	get_stats(&now);
+	memset(&arg, 0xa5, sizeof(arg));
+	memset(&arg, 0, v0);
+	arg.s.size = v0;
+	err = do_ioctl(dev_fd, IOC_STATS, &arg);
+	for (i = v0; i < sizeof(arg.s) + 64; i++)
+		untouched &= arg.raw[i] == 0xa5;
+	ksft_test_result(!err && arg.s.size == v0 && untouched &&
+			 arg.s.block_order == now.block_order &&
+			 arg.s.deflate_on_oom == now.deflate_on_oom,
+			 "STATS size %zu (first version): %s, size written back %u, bytes past it %s\n",
+			 v0, ename(err), arg.s.size,
+			 untouched ? "untouched" : "WRITTEN");
+}
+
+/* A boolean as kstrtobool() reads it: 0 or 1, -1 if it is not one. */
+static int parse_bool(const char *v)
+{
+	if (v[0] && strchr("yY1", v[0]))
+		return 1;
+	if (v[0] && strchr("nN0", v[0]))
+		return 0;
+	if ((v[0] | 0x20) == 'o' && (v[1] | 0x20) == 'n')
+		return 1;
+	if ((v[0] | 0x20) == 'o' && (v[1] | 0x20) == 'f')
+		return 0;
+	return -1;
+}
+
+/*
+ * The last valid "@name=" on /proc/cmdline, as the kernel reads it: 0 or
+ * 1, -1 when absent (then the kernel's build default applies).
+ */
+static int cmdline_bool(const char *name)
+{
+	char line[4096], *p;
+	size_t n = strlen(name);
+	int val = -1, v;
+
+	if (vbhp_read_line("/proc/cmdline", line, sizeof(line)))
+		ksft_exit_fail_msg("cannot read /proc/cmdline: %s\n", strerror(errno));
+	for (p = strtok(line, " "); p; p = strtok(NULL, " ")) {
+		if (strncmp(p, name, n) || p[n] != '=')
+			continue;
+		v = parse_bool(p + n + 1);
+		if (v >= 0)
+			val = v;
+	}
+	return val;
+}
+
+/*
+ * STATS' @name (@val) agrees with debugfs and, when the guest was booted
+ * with "@name=", with the command line.  page_poison= overrides both
+ * options at boot, so the command line says nothing then.
+ */
+static void check_zeroing(const struct vbhp_dbg *d, const char *name,
+			  unsigned int val)
+{
+	int cmd = cmdline_bool(name), dbg = d ? vbhp_dbg(d, name) : -1;
+
+	if (cmdline_bool("page_poison") > 0)
+		cmd = -1;
+	if (cmd < 0 && dbg < 0) {
+		ksft_test_result_skip("STATS %s %u: no debugfs and no %s= on /proc/cmdline\n",
+				      name, val, name);
+		return;
+	}
+	ksft_test_result((cmd < 0 || (unsigned int)cmd == val) &&
+			 (dbg < 0 || (unsigned int)dbg == val),
+			 "STATS %s %u: debugfs %d, /proc/cmdline %d (-1: not there)\n",
+			 name, val, dbg, cmd);
+}
+
+static void test_zeroing(void)
+{
+	struct virtio_balloon_hp_stats s;
+	struct vbhp_dbg *d = NULL;
+
+	get_stats(&s);
+	if (!access(VBHP_DEBUGFS, R_OK)) {
+		d = malloc(sizeof(*d));
+		if (!d)
+			ksft_exit_fail_msg("out of memory\n");
+		vbhp_dbg_read(d);
+	}
+	check_zeroing(d, "init_on_alloc", s.init_on_alloc);
+	check_zeroing(d, "init_on_free", s.init_on_free);
+	free(d);
 }
 
 /* Commands are matched on type and number: anything else is not ours. */
@@ -412,6 +519,8 @@ int main(int argc, char **argv)
 
 	test_stats();
 	test_stats_grown();
+	test_stats_ver0();
+	test_zeroing();
 	test_enotty();
 	test_sizes(IOC_DEFLATE, "DEFLATE", sizeof(arg.d));
 	test_sizes(IOC_STATS, "STATS", sizeof(arg.s));
