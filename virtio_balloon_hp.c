@@ -56,6 +56,17 @@
  * No timer re-inflates it, because re-inflating into the pressure that
  * just deflated it is the reclaim/inflate loop that made upstream revert
  * its shrinker.
+ *
+ * Page zeroing.  A guest kernel running with init_on_alloc=1 (Debian's
+ * default) zeroes every block the balloon allocates; with init_on_free=1
+ * it zeroed them when they were last freed, and zeroes every block a
+ * deflate gives back.  Either way the guest writes each page it balloons,
+ * memory the host is about to discard, and with init_on_alloc that is
+ * nearly all of an inflate's time.  No
+ * allocation flag lets a module skip it, so the driver reads both
+ * settings at probe, reports them (debugfs, STATS) and says once per
+ * device, when a target asks for more than a quarter of RAM, what that
+ * costs and that init_on_alloc=0 avoids it.
  */
 
 #define pr_fmt(fmt) KBUILD_MODNAME ": " fmt
