@@ -52,7 +52,8 @@ struct virtio_balloon_hp_config {
  * a caller built against a larger, later version must leave the fields
  * this kernel module does not know at zero, and a caller built against an
  * older, smaller version gets the fields it knows.  The module writes back
- * at most the caller's size; the size it writes back is its own.  Commands are matched
+ * at most the caller's size, and in @size how much it filled in: its own
+ * struct's size, or the caller's if that is smaller.  Commands are matched
  * on type and number only, so a grown struct keeps its command.  All
  * commands need CAP_SYS_ADMIN.
  */
