@@ -36,22 +36,39 @@ recipe() {
     UPGRADE=
     case $1 in
     deb12-6.1)
-        SUITE=bookworm SUITES="bookworm bookworm-updates"
+        SUITE=bookworm SUITES="bookworm bookworm-updates bookworm-security"
         KERNEL="linux-image-amd64 linux-headers-amd64" ;;
     deb13-6.12)
-        SUITE=trixie SUITES="trixie trixie-updates"
+        SUITE=trixie SUITES="trixie trixie-updates trixie-security"
         KERNEL="linux-image-amd64 linux-headers-amd64" ;;
     deb13-6.12-cloud)
-        SUITE=trixie SUITES="trixie trixie-updates"
+        SUITE=trixie SUITES="trixie trixie-updates trixie-security"
         KERNEL="linux-image-cloud-amd64 linux-headers-cloud-amd64" ;;
     deb13-7.3)
         # trixie's 6.12 first, then the metapackages move to backports' 7.x:
         # the 6.12 image and headers stay, as on an upgraded system.
-        SUITE=trixie SUITES="trixie trixie-updates trixie-backports"
+        SUITE=trixie SUITES="trixie trixie-updates trixie-security trixie-backports"
         KERNEL="linux-image-amd64 linux-headers-amd64"
         UPGRADE="linux-image-amd64 linux-headers-amd64" ;;
     *) die "unknown image '$1': valid names are ${ALL[*]}" ;;
     esac
+}
+
+# What the initramfs of these images holds: only the modules that mount the
+# root file system (MODULES=list), not most of the kernel's drivers.  That
+# keeps each initramfs build short, here and in the guest, where the package
+# rebuilds it under TCG after DKMS installed the module (the package's own
+# modules.d entry adds virtio_balloon_hp in any MODULES mode).
+INITRAMFS_MODULES=(virtio_pci virtio_blk ext4)
+
+# The mmdebstrap setup hook that writes this before any package is
+# installed, so that the kernel's first initramfs is already built this way.
+# Neither file belongs to a package.
+initramfs_hook() {
+    local conf=/etc/initramfs-tools/conf.d/vbhp-image.conf
+    local list=/usr/share/initramfs-tools/modules.d/vbhp-image
+    printf 'mkdir -p "$1%s" "$1%s" && echo MODULES=list >"$1%s" && printf "%%s\\n" %s >"$1%s"' \
+        "${conf%/*}" "${list%/*}" "$conf" "${INITRAMFS_MODULES[*]}" "$list"
 }
 
 # Guest configuration on top of the packages (runs on the root directory).
@@ -74,6 +91,7 @@ recipe_text() {
     printf 'name=%s suite=%s suites=%s\nbase=%s\nkernel=%s\nupgrade=%s\nsize=%s\n' \
         "$1" "$SUITE" "$SUITES" "${BASE[*]}" "$KERNEL" "$UPGRADE" "$DISK_SIZE"
     declare -f configure_root
+    initramfs_hook
 }
 
 build() {
@@ -83,13 +101,25 @@ build() {
         log "$name: up to date ($(head -1 "$out/build.txt"))"
         return
     fi
-    mirror=$(mirror_uri)
-    for s in $SUITES; do src+=("deb $mirror $s main"); done
+    for s in $SUITES; do
+        case $s in
+        *-security) mirror=$(mirror_uri bookworm-security) ;;
+        *) mirror=$(mirror_uri bookworm) ;;
+        esac
+        src+=("deb $mirror $s main")
+    done
     tmp=$IMAGES/.$name.tmp
     rm -rf "$tmp" && mkdir -p "$tmp"
     log "$name: mmdebstrap $SUITE ($SUITES)"
     # Downloaded .debs are kept in $IMAGES/archives and shared by the images.
+    # eatmydata: no fsync while dpkg unpacks (the image is made in one go, and
+    # remade from scratch if anything fails); no documentation in the image.
     local hooks=(--skip=essential/unlink
+                 --hook-dir=/usr/share/mmdebstrap/hooks/eatmydata
+                 --dpkgopt='path-exclude=/usr/share/doc/*'
+                 --dpkgopt='path-exclude=/usr/share/man/*'
+                 --dpkgopt='path-exclude=/usr/share/locale/*'
+                 --setup-hook="$(initramfs_hook)"
                  --setup-hook='mkdir -p "$1/var/cache/apt/archives"'
                  --setup-hook="sync-in $IMAGES/archives /var/cache/apt/archives")
     [[ -n $UPGRADE ]] && hooks+=(--customize-hook="chroot \"\$1\" apt-get install -y -q -t trixie-backports $UPGRADE")
