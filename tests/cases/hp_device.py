@@ -21,6 +21,7 @@ from vbhp.runner import test
 
 F_MUST_TELL_HOST, F_STATS_VQ, F_REPORTING, F_HP_BLOCKS = 0, 1, 5, 20
 F_VERSION_1 = 32
+HP_FEATURES = (1 << F_STATS_VQ) | (1 << F_HP_BLOCKS)
 S_ACK, S_DRIVER, S_DRIVER_OK, S_FEATURES_OK = 1, 2, 4, 8
 S_NEEDS_RESET = 0x40
 PCI_DEV = 4                      # -device ...,addr=04.0
@@ -315,6 +316,18 @@ def trace_lines(path, event):
         return [line for line in f if re.search(r"\b%s\b" % event, line)]
 
 
+def legacy_device(props, features, trace=None, mem="256M"):
+    """QEMU with a legacy balloon (-device properties props), features
+    negotiated, its 5 queues set up and DRIVER_OK set: (qt, dev, vqs)."""
+    qt = QTest("virtio-balloon-pci,disable-modern=on," + props, mem=mem,
+               trace=trace)
+    dev = LegacyBalloon(qt)
+    dev.set_features(features)
+    vqs = [dev.setup_queue(i) for i in range(5)]
+    dev.driver_ok()
+    return qt, dev, vqs
+
+
 @device_test
 def hp_device_queues(tmp, check):
     """hp-block-order=9: feature bit, config field, five queues, discards of
@@ -412,13 +425,9 @@ def hp_device_queues(tmp, check):
 def hp_device_edges(tmp, check):
     """Order 1 blocks, and a block running past the end of RAM (255 MiB)."""
     trace = os.path.join(tmp, "edges.trace")
-    qt = QTest("virtio-balloon-pci,disable-modern=on,hp-block-order=1",
-               mem="255M", trace=trace)
-    dev = LegacyBalloon(qt)
+    qt, dev, vqs = legacy_device("hp-block-order=1", HP_FEATURES, trace,
+                                 mem="255M")
     check(dev.config(16) == 1, "hp-block-order=1: config reads 1")
-    dev.set_features((1 << F_STATS_VQ) | (1 << F_HP_BLOCKS))
-    vqs = [dev.setup_queue(i) for i in range(5)]
-    dev.driver_ok()
     qt.memset(8 * MIB, 6 * 4096, 0xa5)
     vqs[3].add_out([pfns(0x802, 0x803, 0xff00 - 2, 0xff00)])
     dev.notify(vqs[3])
@@ -436,12 +445,8 @@ def hp_device_edges(tmp, check):
           "order 1: the last block of RAM (pfn 0xfefe) accepted")
 
     trace = os.path.join(tmp, "end.trace")
-    qt = QTest("virtio-balloon-pci,disable-modern=on,hp-block-order=9",
-               mem="255M", trace=trace)
-    dev = LegacyBalloon(qt)
-    dev.set_features((1 << F_STATS_VQ) | (1 << F_HP_BLOCKS))
-    vqs = [dev.setup_queue(i) for i in range(5)]
-    dev.driver_ok()
+    qt, dev, vqs = legacy_device("hp-block-order=9", HP_FEATURES, trace,
+                                 mem="255M")
     vqs[3].add_out([pfns(0xfc00, 0xfe00)])     # 252 MiB fine, 254 straddles
     dev.notify(vqs[3])
     qt.close()
@@ -457,12 +462,8 @@ def hp_device_huge_element(tmp, check):
     each) is served in bounded time: the first 256 frame numbers count, the
     rest are not read, and one trace event says how many were ignored."""
     trace = os.path.join(tmp, "huge.trace")
-    qt = QTest("virtio-balloon-pci,disable-modern=on,hp-block-order=9",
-               mem="2G", trace=trace)
-    dev = LegacyBalloon(qt)
-    dev.set_features((1 << F_STATS_VQ) | (1 << F_HP_BLOCKS))
-    vqs = [dev.setup_queue(i) for i in range(5)]
-    dev.driver_ok()
+    qt, dev, vqs = legacy_device("hp-block-order=9", HP_FEATURES, trace,
+                                 mem="2G")
     blocks = [(8 + 2 * k) * MIB for k in range(4)]     # 8..14 MiB: counted
     for a in blocks + [16 * MIB]:                      # 16 MiB: past 256th
         qt.memset(a, BLOCK, 0xa5)
@@ -522,12 +523,7 @@ def hp_device_unnegotiated(tmp, check):
     """A driver that did not negotiate F_HP_BLOCKS gets no service on the hp
     queues: the device reports an error (virtio 1.x: DEVICE_NEEDS_RESET)."""
     trace = os.path.join(tmp, "unneg.trace")
-    qt = QTest("virtio-balloon-pci,disable-modern=on,hp-block-order=9",
-               trace=trace)
-    dev = LegacyBalloon(qt)
-    dev.set_features(1 << F_STATS_VQ)
-    vqs = [dev.setup_queue(i) for i in range(5)]
-    dev.driver_ok()
+    qt, dev, vqs = legacy_device("hp-block-order=9", 1 << F_STATS_VQ, trace)
     unnegotiated_buffer(dev, qt, vqs, check, "legacy")
     err = qt.close()
     check("not negotiated" in err, "legacy: QEMU reports the error: %r"
