@@ -11,8 +11,9 @@
  * invoking the OOM killer; when a block of the current order cannot be had
  * the round drops to the next lower order, down to order 0, and every new
  * round starts again at page_order.  Inflation also stops while less than
- * reserve_mb of memory would stay available, so a host asking for more than
- * the guest can give gets what can be given and the guest keeps running.
+ * reserve_mb of memory would stay available in the zones the balloon
+ * allocates from, so a host asking for more than the guest can give gets
+ * what can be given and the guest keeps running.
  *
  * Blocks are kept whole (not compound, not split) on one list per order:
  * one list entry and one __free_pages() per block, and a block goes back to
@@ -201,6 +202,13 @@ static void vbhp_blk_set_offline(struct page *page, unsigned int order,
  * pageblocks of a fragmented guest, which compaction then no longer uses,
  * and the guest's own small allocations would start failing with memory
  * free.  They cannot migrate (yet); compaction steps over them.
+ *
+ * No block comes from ZONE_MOVABLE (that takes __GFP_HIGHMEM and
+ * __GFP_MOVABLE together), unlike the in-tree driver's pages: everything
+ * in that zone must be migratable so that memory offlining and
+ * alloc_contig_range() can empty it, and our blocks stay for as long as the
+ * host wants and cannot migrate.  The reserve therefore counts only the
+ * zones these masks reach (vbhp_inflate_avail()).
  */
 static gfp_t vbhp_blk_gfp(unsigned int order)
 {
@@ -654,10 +662,60 @@ static void vbhp_xfer_done(struct virtqueue *vq)
 
 /* ---- the balloon: inflate and deflate toward the host's target ---- */
 
+/**
+ * vbhp_inflate_zone_avail() - what one zone can give an allocation
+ * @zone: the zone
+ * @top: the highest zone the allocation may use (its lowmem reserve applies)
+ *
+ * As si_mem_available() counts for the whole system: free pages above the
+ * high watermark and the lowmem reserve, plus the file LRU less the part
+ * reclaim would not give back (half of it, at most the low watermark).
+ *
+ * Return: pages, negative when the zone is already below its watermark.
+ */
+static long vbhp_inflate_zone_avail(struct zone *zone, enum zone_type top)
+{
+	unsigned long file;
+
+	if (!populated_zone(zone))
+		return 0;
+	file = zone_page_state(zone, NR_ZONE_ACTIVE_FILE) +
+	       zone_page_state(zone, NR_ZONE_INACTIVE_FILE);
+	return (long)zone_page_state(zone, NR_FREE_PAGES) -
+	       (long)(high_wmark_pages(zone) + zone->lowmem_reserve[top]) +
+	       (long)(file - min(file / 2, low_wmark_pages(zone)));
+}
+
+/**
+ * vbhp_inflate_avail() - memory available to a block allocation
+ * @gfp: the gfp mask the balloon allocates the block with
+ *
+ * Only the zones @gfp can allocate from count: vbhp_blk_gfp() never asks
+ * for ZONE_MOVABLE, so a guest with most of its memory there (movablecore=,
+ * memory onlined movable) must not count that memory, or the balloon
+ * drains the zones it shares with the kernel's own allocations and keeps
+ * them in reclaim while GiBs are free in ZONE_MOVABLE.
+ *
+ * Return: pages, at most si_mem_available().
+ */
+static long vbhp_inflate_avail(gfp_t gfp)
+{
+	enum zone_type top = gfp_zone(gfp), z;
+	long avail = 0;
+	int nid;
+
+	for_each_online_node(nid)
+		for (z = 0; z <= top; z++)
+			avail += vbhp_inflate_zone_avail(&NODE_DATA(nid)->node_zones[z],
+							 top);
+	return min(avail, si_mem_available());
+}
+
 /* Whether taking @order more would eat into the guest's reserve. */
 static bool vbhp_inflate_reserve_hit(struct vbhp *vb, unsigned int order)
 {
-	return si_mem_available() < (long)(vb->reserve_pages + (1UL << order));
+	return vbhp_inflate_avail(vbhp_blk_gfp(order)) <
+	       (long)(vb->reserve_pages + (1UL << order));
 }
 
 /*

@@ -188,6 +188,59 @@ def target_beyond_guest(kernel):
         b.check()
 
 
+def zoneinfo(g):
+    """Per zone name (all nodes summed): free pages, high watermark, managed."""
+    zones, cur = {}, None
+    for line in g.sh('cat /proc/zoneinfo').splitlines():
+        toks = line.replace(',', ' ').split()
+        if toks[:1] == ['Node'] and len(toks) > 3:
+            cur = zones.setdefault(toks[3], {'free': 0, 'high': 0, 'managed': 0})
+        elif cur is not None and toks[:2] == ['pages', 'free']:
+            cur['free'] += int(toks[2])
+        elif cur is not None and len(toks) == 2 and toks[0] in ('high', 'managed'):
+            cur[toks[0]] += int(toks[1])
+    return zones
+
+
+def reclaim_events(g):
+    """Direct reclaim and compaction stalls so far (/proc/vmstat)."""
+    v = dict(line.split() for line in g.sh('cat /proc/vmstat').splitlines())
+    return sum(int(n) for k, n in v.items()
+               if k.startswith('allocstall_') or k in ('compact_stall', 'pgscan_direct'))
+
+
+@test
+def movable_zone_not_counted(kernel):
+    """movablecore=3G on 4 GiB: the balloon never allocates from ZONE_MOVABLE,
+    so the free memory there must not count toward its reserve.  Asked for
+    nearly everything, it stops with the reserve still free above the high
+    watermarks of the zones it takes from, and its retry rounds cause no
+    direct reclaim or compaction."""
+    with balloon_guest(kernel, 4096, append='movablecore=3G') as g:
+        b = Balloon(g)
+        b.load()
+        reserve = b.stats()['reserve_pages']
+        movable = zoneinfo(g).get('Movable', {'managed': 0})['managed']
+        assert movable * 4096 >= 512 * MiB, f'no ZONE_MOVABLE to speak of: {zoneinfo(g)}'
+        stalls = b.fill(stalls=2)['inflate_stalls']
+        ev0 = reclaim_events(g)
+        s = wait_until(b.stats, 60, '5 more inflate retry rounds',
+                       ok=lambda s: s['inflate_stalls'] >= stalls + 5)
+        ev = reclaim_events(g) - ev0
+        z = zoneinfo(g)
+        spare = sum(v['free'] - v['high'] for n, v in z.items() if n != 'Movable')
+        g.log(f'balloon holds {s["current"] * 4096 // MiB} MiB; reserve '
+              f'{reserve * 4096 // MiB} MiB; free above high watermark in the '
+              f'other zones {spare * 4096 // MiB} MiB, free in Movable '
+              f'{z["Movable"]["free"] * 4096 // MiB} MiB; direct reclaim/compaction '
+              f'events in 5 retry rounds: {ev}')
+        assert ev == 0, f'{ev} direct reclaim/compaction events while the balloon retried'
+        assert spare >= reserve // 2, f'{spare} pages spare, reserve {reserve}: {z}'
+        b.check(settled=False)
+        b.settle(4096 * MiB)
+        b.check()
+
+
 @test
 def target_moves_mid_flight(kernel):
     """The target changes while inflating and while deflating."""

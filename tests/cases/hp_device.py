@@ -13,13 +13,17 @@ import re
 import struct
 import subprocess
 import tempfile
+import threading
+import time
 
 from vbhp.hosts import HP_QEMU as QEMU
 from vbhp.runner import test
 
 F_MUST_TELL_HOST, F_STATS_VQ, F_REPORTING, F_HP_BLOCKS = 0, 1, 5, 20
 F_VERSION_1 = 32
+HP_FEATURES = (1 << F_STATS_VQ) | (1 << F_HP_BLOCKS)
 S_ACK, S_DRIVER, S_DRIVER_OK, S_FEATURES_OK = 1, 2, 4, 8
+S_NEEDS_RESET = 0x40
 PCI_DEV = 4                      # -device ...,addr=04.0
 IO_BAR = 0xc000                  # where we map the legacy I/O BAR
 MEM_BAR = 0xfe000000             # where we map the modern memory BAR
@@ -74,7 +78,19 @@ class QTest:
                                   stdout=subprocess.PIPE,
                                   stderr=subprocess.PIPE, text=True)
 
-    def cmd(self, line):
+    def cmd(self, line, deadline=None):
+        """Send one qtest command and return its result; with deadline (s),
+        kill QEMU if it has not answered by then (RuntimeError follows)."""
+        timer = threading.Timer(deadline, self.p.kill) if deadline else None
+        if timer:
+            timer.start()
+        try:
+            return self._cmd(line)
+        finally:
+            if timer:
+                timer.cancel()
+
+    def _cmd(self, line):
         self.p.stdin.write(line + "\n")
         self.p.stdin.flush()
         while True:
@@ -98,8 +114,8 @@ class QTest:
                          if "terminating on signal" not in line)
 
     # port I/O
-    def out(self, size, addr, val):
-        self.cmd("out%s 0x%x 0x%x" % ("bwl"[size // 2], addr, val))
+    def out(self, size, addr, val, deadline=None):
+        self.cmd("out%s 0x%x 0x%x" % ("bwl"[size // 2], addr, val), deadline)
 
     def inp(self, size, addr):
         return int(self.cmd("in%s 0x%x" % ("bwl"[size // 2], addr)), 16)
@@ -114,13 +130,14 @@ class QTest:
     def memset(self, addr, size, val):
         self.cmd("memset 0x%x 0x%x 0x%x" % (addr, size, val))
 
-    def writel(self, addr, val, size=4):
+    def writel(self, addr, val, size=4, deadline=None):
         self.cmd("write%s 0x%x 0x%x" % ({1: "b", 2: "w", 4: "l", 8: "q"}[size],
-                                        addr, val))
+                                        addr, val), deadline)
 
-    def readl(self, addr, size=4):
+    def readl(self, addr, size=4, deadline=None):
         return int(self.cmd("read%s 0x%x" % ({1: "b", 2: "w", 4: "l",
-                                              8: "q"}[size], addr)), 16)
+                                              8: "q"}[size], addr),
+                            deadline), 16)
 
     # PCI config space of our device (mechanism #1)
     def cfg_addr(self, reg):
@@ -165,8 +182,30 @@ class VirtQueue:
         self.avail_idx += 1
         self.qt.writel(self.avail + 2, self.avail_idx, 2)
 
-    def used_idx(self):
-        return self.qt.readl(self.used + 2, 2)
+    def add_overlapping(self, addr, length, count):
+        """Make one element of count chained out descriptors available, each
+        naming the same length bytes at addr (the first element only)."""
+        assert self.avail_idx == 0 and count <= self.size
+        self.qt.write(self.desc, b"".join(
+            struct.pack("<QIHH", addr, length, 1 if i < count - 1 else 0,
+                        i + 1 if i < count - 1 else 0)
+            for i in range(count)))
+        self.qt.writel(self.avail + 4, 0, 2)
+        self.avail_idx = 1
+        self.qt.writel(self.avail + 2, 1, 2)
+
+    def used_idx(self, deadline=None):
+        return self.qt.readl(self.used + 2, 2, deadline)
+
+    def wait_used(self, want, deadline):
+        """Wait until the device has used want elements, at most deadline s
+        (QEMU is killed if it stops answering); return whether it did."""
+        end = time.monotonic() + deadline
+        while self.used_idx(max(end - time.monotonic(), 0.1)) < want:
+            if time.monotonic() > end:
+                return False
+            time.sleep(0.01)
+        return True
 
 
 class LegacyBalloon:
@@ -201,8 +240,8 @@ class LegacyBalloon:
     def driver_ok(self):
         self.qt.out(1, IO_BAR + 0x12, S_ACK | S_DRIVER | S_DRIVER_OK)
 
-    def notify(self, vq):
-        self.qt.out(2, IO_BAR + 0x10, vq.index)
+    def notify(self, vq, deadline=None):
+        self.qt.out(2, IO_BAR + 0x10, vq.index, deadline)
 
 
 class ModernBalloon:
@@ -217,6 +256,8 @@ class ModernBalloon:
                 cfg_type = qt.cfg_read(1, ptr + 3)
                 self.caps.setdefault(cfg_type, (qt.cfg_read(1, ptr + 4),
                                                 qt.cfg_read(4, ptr + 8)))
+                if cfg_type == 2:                      # notify: multiplier
+                    self.notify_mult = qt.cfg_read(4, ptr + 16)
             ptr = qt.cfg_read(1, ptr + 1)
         bar, _ = self.caps[1]
         qt.cfg_write(4, 0x10 + 4 * bar, MEM_BAR)
@@ -247,6 +288,24 @@ class ModernBalloon:
             self.qt.writel(self.common + 0x08, sel)
             self.qt.writel(self.common + 0x0c, (f >> (32 * sel)) & 0xffffffff)
 
+    def setup_queue(self, i):
+        """Select queue i, place its rings and enable it (common config)."""
+        c = self.common
+        self.qt.writel(c + 0x16, i, 2)
+        vq = VirtQueue(self.qt, i, self.qt.readl(c + 0x18, 2),
+                       RING_BASE + i * QUEUE_SPACE)
+        for off, addr in ((0x20, vq.desc), (0x28, vq.avail), (0x30, vq.used)):
+            self.qt.writel(c + off, addr, 8)
+        vq.notify_off = self.qt.readl(c + 0x1e, 2)
+        self.qt.writel(c + 0x1c, 1, 2)
+        return vq
+
+    def notify(self, vq):
+        bar, off = self.caps[2]
+        assert bar == self.caps[1][0], "notify and common config share a BAR"
+        self.qt.writel(MEM_BAR + off + vq.notify_off * self.notify_mult,
+                       vq.index, 2)
+
 
 def pfns(*values):
     return struct.pack("<%dI" % len(values), *values)
@@ -255,6 +314,18 @@ def pfns(*values):
 def trace_lines(path, event):
     with open(path) as f:
         return [line for line in f if re.search(r"\b%s\b" % event, line)]
+
+
+def legacy_device(props, features, trace=None, mem="256M"):
+    """QEMU with a legacy balloon (-device properties props), features
+    negotiated, its 5 queues set up and DRIVER_OK set: (qt, dev, vqs)."""
+    qt = QTest("virtio-balloon-pci,disable-modern=on," + props, mem=mem,
+               trace=trace)
+    dev = LegacyBalloon(qt)
+    dev.set_features(features)
+    vqs = [dev.setup_queue(i) for i in range(5)]
+    dev.driver_ok()
+    return qt, dev, vqs
 
 
 @device_test
@@ -340,8 +411,11 @@ def hp_device_queues(tmp, check):
     check(reasons[:4] == ["misaligned", "outside-guest-ram",
                           "straddles-ram-region", "outside-guest-ram"],
           "malformed PFNs rejected with reasons: %s" % reasons[:4])
-    check(reasons[4:] == ["beyond-256-pfns"] * 4,
-          "PFNs past 256 rejected: %s" % reasons[4:])
+    ignored = trace_lines(trace, "virtio_balloon_hp_ignored")
+    check(reasons[4:] == [] and len(ignored) == 1 and
+          ignored[0].rstrip().endswith("ignored: 4"),
+          "PFNs past 256 not read, one event counts them: %s %s"
+          % (reasons[4:], [i.strip() for i in ignored]))
     check(len(bad_len) == 1, "odd buffer length traced")
     with open(os.path.join(tmp, "hp.trace")) as f:
         print("".join("#        | " + line for line in list(f)[:8]), end="")
@@ -351,13 +425,9 @@ def hp_device_queues(tmp, check):
 def hp_device_edges(tmp, check):
     """Order 1 blocks, and a block running past the end of RAM (255 MiB)."""
     trace = os.path.join(tmp, "edges.trace")
-    qt = QTest("virtio-balloon-pci,disable-modern=on,hp-block-order=1",
-               mem="255M", trace=trace)
-    dev = LegacyBalloon(qt)
+    qt, dev, vqs = legacy_device("hp-block-order=1", HP_FEATURES, trace,
+                                 mem="255M")
     check(dev.config(16) == 1, "hp-block-order=1: config reads 1")
-    dev.set_features((1 << F_STATS_VQ) | (1 << F_HP_BLOCKS))
-    vqs = [dev.setup_queue(i) for i in range(5)]
-    dev.driver_ok()
     qt.memset(8 * MIB, 6 * 4096, 0xa5)
     vqs[3].add_out([pfns(0x802, 0x803, 0xff00 - 2, 0xff00)])
     dev.notify(vqs[3])
@@ -375,12 +445,8 @@ def hp_device_edges(tmp, check):
           "order 1: the last block of RAM (pfn 0xfefe) accepted")
 
     trace = os.path.join(tmp, "end.trace")
-    qt = QTest("virtio-balloon-pci,disable-modern=on,hp-block-order=9",
-               mem="255M", trace=trace)
-    dev = LegacyBalloon(qt)
-    dev.set_features((1 << F_STATS_VQ) | (1 << F_HP_BLOCKS))
-    vqs = [dev.setup_queue(i) for i in range(5)]
-    dev.driver_ok()
+    qt, dev, vqs = legacy_device("hp-block-order=9", HP_FEATURES, trace,
+                                 mem="255M")
     vqs[3].add_out([pfns(0xfc00, 0xfe00)])     # 252 MiB fine, 254 straddles
     dev.notify(vqs[3])
     qt.close()
@@ -388,6 +454,93 @@ def hp_device_edges(tmp, check):
     check(vqs and len(rej) == 1 and "pfn: 0xfe00" in rej[0] and
           "straddles-ram-region" in rej[0],
           "block across the end of RAM rejected: %s" % [r.strip() for r in rej])
+
+
+@device_test
+def hp_device_huge_element(tmp, check):
+    """An element of 1000 overlapping 1 GiB descriptors (2^28 frame numbers
+    each) is served in bounded time: the first 256 frame numbers count, the
+    rest are not read, and one trace event says how many were ignored."""
+    trace = os.path.join(tmp, "huge.trace")
+    qt, dev, vqs = legacy_device("hp-block-order=9", HP_FEATURES, trace,
+                                 mem="2G")
+    blocks = [(8 + 2 * k) * MIB for k in range(4)]     # 8..14 MiB: counted
+    for a in blocks + [16 * MIB]:                      # 16 MiB: past 256th
+        qt.memset(a, BLOCK, 0xa5)
+    frames = [blocks[i % 4] >> 12 for i in range(256)] + [(16 * MIB) >> 12]
+    data, ndesc, gib = pfns(*frames), 1000, 1 << 30
+    qt.write(gib, data + data[-4:] * (1024 - len(frames)))
+    vqs[3].add_overlapping(gib, gib, ndesc)
+    deadline, t0 = 30, time.monotonic()
+    try:
+        dev.notify(vqs[3], deadline)
+        done = vqs[3].wait_used(1, deadline)
+    except RuntimeError:          # QEMU stuck in the element: killed
+        done = False
+    took = time.monotonic() - t0
+    check(done, "element of %d x 1 GiB (%d frame numbers) used in %.2f s "
+          "(deadline %d s)" % (ndesc, ndesc * gib // 4, took, deadline))
+    if not done:
+        qt.p.kill()
+        qt.close()
+        return
+    check(all(qt.read(a + BLOCK - 16, 16) == bytes(16) for a in blocks) and
+          qt.read(16 * MIB, 16) == b"\xa5" * 16,
+          "the 4 blocks named in the first 256 discarded, the 257th kept")
+    qt.close()
+    infl = trace_lines(trace, "virtio_balloon_hp_inflate")
+    ignored = trace_lines(trace, "virtio_balloon_hp_ignored")
+    rej = trace_lines(trace, "virtio_balloon_hp_reject")
+    check(len(infl) == 256 and not rej,
+          "256 inflate events, %d rejects (%d inflate events)"
+          % (len(rej), len(infl)))
+    check(len(ignored) == 1 and ignored[0].rstrip().endswith(
+        "ignored: %d" % (ndesc * gib // 4 - 256)),
+          "one event counts the ignored frame numbers: %s"
+          % [i.strip() for i in ignored])
+
+
+def unnegotiated_buffer(dev, qt, vqs, check, what):
+    """Put a 2 MiB block on hp_inflate although F_HP_BLOCKS was not
+    negotiated: it must be neither discarded nor used.  First, the 4 KiB
+    inflateq works: the set-up but empty hp queues broke nothing."""
+    qt.memset(16 * MIB, 4096, 0x5a)
+    vqs[0].add_out([pfns(16 * MIB >> 12)])
+    dev.notify(vqs[0])
+    check(vqs[0].used_idx() == 1 and qt.read(16 * MIB, 16) == bytes(16),
+          "%s: 4 KiB inflateq served with the hp queues set up" % what)
+    qt.memset(8 * MIB, BLOCK, 0xa5)
+    vqs[3].add_out([pfns(0x800)])
+    dev.notify(vqs[3])
+    check(vqs[3].used_idx() == 0 and
+          qt.read(8 * MIB + MIB, 16) == b"\xa5" * 16,
+          "%s: hp_inflate buffer without F_HP_BLOCKS neither used nor acted "
+          "on (used idx %d)" % (what, vqs[3].used_idx()))
+
+
+@device_test
+def hp_device_unnegotiated(tmp, check):
+    """A driver that did not negotiate F_HP_BLOCKS gets no service on the hp
+    queues: the device reports an error (virtio 1.x: DEVICE_NEEDS_RESET)."""
+    trace = os.path.join(tmp, "unneg.trace")
+    qt, dev, vqs = legacy_device("hp-block-order=9", 1 << F_STATS_VQ, trace)
+    unnegotiated_buffer(dev, qt, vqs, check, "legacy")
+    err = qt.close()
+    check("not negotiated" in err, "legacy: QEMU reports the error: %r"
+          % err.strip()[:200])
+    check(not trace_lines(trace, "virtio_balloon_hp_inflate"),
+          "legacy: no inflate trace event")
+
+    qt = QTest("virtio-balloon-pci,disable-legacy=on,hp-block-order=9")
+    dev = ModernBalloon(qt)
+    dev.set_features((1 << F_VERSION_1) | (1 << F_STATS_VQ))
+    dev.set_status(S_ACK | S_DRIVER | S_FEATURES_OK)
+    vqs = [dev.setup_queue(i) for i in range(5)]
+    dev.set_status(S_ACK | S_DRIVER | S_FEATURES_OK | S_DRIVER_OK)
+    unnegotiated_buffer(dev, qt, vqs, check, "modern")
+    check(dev.status() & S_NEEDS_RESET,
+          "modern: status 0x%x has DEVICE_NEEDS_RESET" % dev.status())
+    qt.close()
 
 
 @device_test
