@@ -2,7 +2,9 @@
 from the host beyond a target.  Run by tests/run_tests.py."""
 import os
 import re
+import shutil
 import subprocess
+import tempfile
 import time
 
 from vbhp import CACHE, ROOT, MiB, wait_until
@@ -67,3 +69,41 @@ def kselftest_in_guest(kernel):
             assert any(line.startswith('MemTotal ') for line in passed), tap
             if doom:
                 assert any(line.startswith('DEFLATE 64 MiB: success') for line in passed), tap
+
+
+@test(per_kernel=False)
+def kselftest_kernel_runner():
+    """The target under the kernel's own kselftest framework, from the source
+    Debian ships (linux-source-6.1, extracted by tests/setup/setup.sh): copied
+    into tools/testing/selftests/, built and installed by its top-level
+    Makefile through lib.mk (`make TARGETS=virtio_balloon_hp install`), run by
+    run_kselftest.sh -c virtio_balloon_hp.  On this host, which has no
+    balloon device, every program must skip with the reason the module gives:
+    the test shows the target builds, installs and runs there; the checks
+    themselves run in the guests (kselftest_in_guest, the image tier)."""
+    src = os.path.join(CACHE, 'linux-src-6.1')
+    sub = os.path.join('tools', 'testing', 'selftests')
+    assert os.path.isfile(os.path.join(src, sub, 'lib.mk')), f'{src}: run tests/setup/setup.sh'
+    work = tempfile.mkdtemp(prefix='kselftest-runner-', dir=os.path.join(CACHE, 'run'))
+    tree, inst = os.path.join(work, 'linux', sub), os.path.join(work, 'install')
+    shutil.copytree(src, os.path.join(work, 'linux'))  # the selftests Makefile reaches into scripts/
+    shutil.copytree(os.path.join(ROOT, 'selftests', 'virtio_balloon_hp'),
+                    os.path.join(tree, 'virtio_balloon_hp'))
+    os.mkdir(inst)
+    make = subprocess.run(['make', '-s', '-C', tree, 'TARGETS=virtio_balloon_hp',
+                           f'VBHP_UAPI={os.path.join(ROOT, "uapi")}', f'KSFT_INSTALL_PATH={inst}',
+                           'install'], capture_output=True, text=True)
+    assert make.returncode == 0, make.stdout + make.stderr
+    with open(os.path.join(inst, 'kselftest-list.txt')) as f:
+        listed = f.read().split()
+    progs = [p.split(':', 1)[1] for p in listed]
+    run = subprocess.run([os.path.join(inst, 'run_kselftest.sh'), '-c', 'virtio_balloon_hp'],
+                         capture_output=True, text=True, timeout=300)
+    tap = run.stdout
+    top = re.findall(r'(?m)^ok \d+ selftests: virtio_balloon_hp: (\w+) # SKIP$', tap)
+    print(f'# kernel runner: {len(top)} of {len(progs)} programs skipped with no device '
+          f'({", ".join(top)}); installed: {sorted(os.listdir(os.path.join(inst, "virtio_balloon_hp")))}')
+    assert run.returncode == 0 and 'not ok' not in tap, tap + run.stderr
+    assert progs and top == progs, (progs, tap)
+    assert tap.count('SKIP virtio_balloon_hp is not loaded') == len(progs), tap
+    shutil.rmtree(work)

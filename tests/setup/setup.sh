@@ -25,18 +25,32 @@ source "$ROOT/tests/setup/apt-lib.sh"
 # shellcheck source=tests/setup/trixie-lib.sh
 source "$ROOT/tests/setup/trixie-lib.sh"
 
+# What tests use of Debian's 6.1 source: checkpatch (make lint), the
+# kselftest headers (the selftests' build against the kernel's own
+# kselftest.h) and the kselftest framework: lib.mk, the top-level Makefile's
+# install rule and run_kselftest.sh (kselftest_kernel_runner).
+LINUX_SRC_FILES=(
+    tools/testing/selftests/kselftest.h
+    tools/testing/selftests/kselftest_harness.h
+    tools/testing/selftests/Makefile
+    tools/testing/selftests/lib.mk
+    tools/testing/selftests/run_kselftest.sh
+    tools/testing/selftests/kselftest
+    scripts/subarch.include
+    scripts/checkpatch.pl
+    scripts/spelling.txt
+    scripts/const_structs.checkpatch
+)
+
 extract_linux_source() {
     local dst=$CACHE/linux-src-6.1 tarball=(/usr/src/linux-source-6.1.tar.*)
-    [[ -f $dst/.done ]] && { log "linux-src-6.1 already extracted"; return; }
-    log "extracting kselftest headers and checkpatch from ${tarball[0]}"
+    [[ -f $dst/.done && $(<"$dst/.done") == "${LINUX_SRC_FILES[*]}" ]] &&
+        { log "linux-src-6.1 already extracted"; return; }
+    log "extracting checkpatch and the kselftest framework from ${tarball[0]}"
     rm -rf "$dst" && mkdir -p "$dst"
     tar -xf "${tarball[0]}" -C "$dst" --strip-components=1 \
-        linux-source-6.1/tools/testing/selftests/kselftest.h \
-        linux-source-6.1/tools/testing/selftests/kselftest_harness.h \
-        linux-source-6.1/scripts/checkpatch.pl \
-        linux-source-6.1/scripts/spelling.txt \
-        linux-source-6.1/scripts/const_structs.checkpatch
-    touch "$dst/.done"
+        "${LINUX_SRC_FILES[@]/#/linux-source-6.1/}"
+    echo "${LINUX_SRC_FILES[*]}" >"$dst/.done"
 }
 
 # Where a kernel comes from: "<apt: host|trixie> <target suite|-> <headers metapackage>".
