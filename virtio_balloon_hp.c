@@ -68,6 +68,12 @@
  * settings at probe, reports them (debugfs, STATS) and says once per
  * device, when a target asks for more than a quarter of RAM, what that
  * costs and that init_on_alloc=0 avoids it.
+ *
+ * Free page reporting (VIRTIO_BALLOON_F_REPORTING) is independent of the
+ * balloon: the kernel's page reporting core hands us free blocks of
+ * pageblock order and up, we pass them to the host on the reporting queue
+ * and it may drop their backing.  Page poisoning (PAGE_POISON) tells the
+ * host what freed pages hold, with the in-tree driver's rules.
  */
 
 #define pr_fmt(fmt) KBUILD_MODNAME ": " fmt
