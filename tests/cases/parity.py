@@ -85,7 +85,8 @@ def reported_drop(g, b, mib, want_drop):
     rss = settled_rss(g)
     s = b.stats()
     g.log(f'freed {mib} MiB: QEMU RSS {peak / MiB:.0f} -> {rss / MiB:.0f} MiB '
-          f'(-{(peak - rss) / MiB:.0f} MiB) in {secs:.1f} s; reported '
+          f'(-{(peak - rss) / MiB:.0f} MiB; -{want_drop // MiB} MiB in {secs:.1f} s, '
+          f'settled after {time.monotonic() - t0:.1f} s); reported '
           f'{(s["report_pages"] - r0) >> 8} MiB in {s["report_buffers"]} reports so far')
     assert s['report_errors'] == 0, s
     return peak - rss, secs
