@@ -6,7 +6,7 @@ import threading
 import time
 
 from vbhp import MiB, wait_until
-from vbhp.balloon import Balloon, balloon_guest
+from vbhp.balloon import Balloon, balloon_guest, suspend
 from vbhp.runner import test
 
 F_PAGE_POISON, F_REPORTING = 4, 5  # feature bits (uapi virtio_balloon.h)
@@ -123,7 +123,9 @@ def reporting_returns_freed_memory(kernel):
 @test
 def hp_reporting_keeps_queue_order(kernel):
     """Reference host with hp blocks and free-page-reporting=on: the reporting
-    queue comes before the hp queues; both carry their own traffic."""
+    queue comes before the hp queues; both carry their own traffic.  Reporting
+    comes back after a suspend (freeze unregisters, restore registers) and
+    rmmod unregisters it cleanly."""
     with balloon_guest(kernel, 2048, hp=True, reporting=True) as g:
         b = Balloon(g)
         b.load()
@@ -138,6 +140,11 @@ def hp_reporting_keeps_queue_order(kernel):
         b.check()
         b.settle(2048 * MiB)
         b.check()
+        suspend(g)
+        assert b.stats()['reporting'] == 1, b.stats()
+        reported_drop(g, b, 512, 320 * MiB)
+        g.sh('rmmod virtio_balloon_hp')
+        assert g.run('test -d /sys/module/virtio_balloon_hp')[0] != 0
 
 
 @test
