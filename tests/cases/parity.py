@@ -149,11 +149,13 @@ def hp_reporting_keeps_queue_order(kernel):
 
 @test
 def page_poison_kept_by_host(kernel):
-    """page_poison=1 guest, page-poison=on host: the poison value reaches the
-    host (read back from its config), the host then keeps reported pages
-    (the guest poisoned all its free memory at boot, so RSS stays at the
-    whole guest), and the poison checks on reallocation find nothing."""
-    with balloon_guest(kernel, 2048, reporting=True, append='page_poison=1') as g:
+    """page_poison=1 guest on a page-poison=on, deflate-on-oom=on host: the
+    poison value reaches the host (read back from its config), the host
+    then keeps reported pages (the guest poisoned all its free memory at
+    boot, so RSS stays at the whole guest), and the poison checks on
+    reallocation find nothing."""
+    with balloon_guest(kernel, 2048, reporting=True, deflate_on_oom=True,
+                       append='page_poison=1') as g:
         b = Balloon(g)
         b.load()
         assert_reporting(g, b)
@@ -194,10 +196,11 @@ def poison_without_host_support_refuses_reporting(kernel):
 
 @test
 def init_on_free_reports_zero_poison(kernel):
-    """init_on_free=1 guest: poison value 0 told to the host, which then
-    discards reported pages.  The guest zeroed all its free memory at boot,
-    so QEMU's RSS drops as soon as the module reports it."""
-    with balloon_guest(kernel, 2048, reporting=True, append='init_on_free=1') as g:
+    """init_on_free=1 guest, deflate-on-oom=on: poison value 0 told to the
+    host, which then discards reported pages.  The guest zeroed all its free
+    memory at boot, so QEMU's RSS drops as soon as the module reports it."""
+    with balloon_guest(kernel, 2048, reporting=True, deflate_on_oom=True,
+                       append='init_on_free=1') as g:
         b = Balloon(g)
         rss0 = qemu_rss(g)
         b.load()
@@ -211,3 +214,20 @@ def init_on_free_reports_zero_poison(kernel):
         g.log(f'module loaded: QEMU RSS {rss0 / MiB:.0f} -> {rss / MiB:.0f} MiB, '
               f'{b.stats()["report_pages"] >> 8} MiB reported')
         reported_drop(g, b, 1024, 640 * MiB)
+
+
+@test
+def hint_offered_turns_reporting_off(kernel):
+    """A host offering free page hinting, which this driver does not drive:
+    QEMU numbers its queue before the reporting queue, so no reporting (rather
+    than reports on the hinting queue), and the balloon works."""
+    with balloon_guest(kernel, 1024, reporting=True, free_page_hint=True) as g:
+        b = Balloon(g)
+        b.load()
+        bits = features(g)
+        assert not has_bit(bits, F_REPORTING), bits
+        assert 'free page reporting off: the host offers free page hinting' in g.sh('dmesg')
+        assert b.stats()['reporting'] == 0
+        b.settle(512 * MiB)
+        b.check()
+        b.settle(1024 * MiB)
