@@ -16,6 +16,7 @@
 #include <linux/list.h>
 #include <linux/mutex.h>
 #include <linux/notifier.h>
+#include <linux/page_reporting.h>
 #include <linux/spinlock.h>
 #include <linux/virtio.h>
 #include <linux/virtio_balloon.h>
@@ -132,6 +133,21 @@ enum vbhp_od_stat {
 };
 
 /**
+ * enum vbhp_report_stat - free page reporting counters.
+ * @VBHP_RSTAT_BUFS: reports the host acknowledged.
+ * @VBHP_RSTAT_PAGES: 4 KiB pages in them.
+ * @VBHP_RSTAT_ERR: reports not sent or not answered (broken device); their
+ *	pages went back to the free lists unreported.
+ * @VBHP_RSTAT_NUM: number of reporting counters.
+ */
+enum vbhp_report_stat {
+	VBHP_RSTAT_BUFS,
+	VBHP_RSTAT_PAGES,
+	VBHP_RSTAT_ERR,
+	VBHP_RSTAT_NUM,
+};
+
+/**
  * struct vbhp_buf - one buffer of frame numbers, as sent to the host.
  * @pfns: the payload: 4 KiB frame numbers in the device's byte order
  *	(little-endian; guest-native for a legacy device, as the spec says).
@@ -231,6 +247,18 @@ struct vbhp_xfer {
  *	(want_init_on_free(), init_on_free=1); read once at probe.
  * @zero_noticed: the notice that a large target costs a zeroing pass
  *	has been printed; once per device, set under @lock.
+ * @poison_val: what a freed page holds (0 with init_on_free, the page
+ *	poison pattern with page_poison=1), told to the host when
+ *	VIRTIO_BALLOON_F_PAGE_POISON is negotiated; set once at probe.
+ * @report_vq: the free page reporting queue, or NULL when
+ *	VIRTIO_BALLOON_F_REPORTING is not negotiated; set and cleared with the
+ *	other queues, used only from @report_dev's callback.
+ * @report_dev: our registration with the page reporting core, which
+ *	serialises its callback (one report in flight).
+ * @report_on: @report_dev is registered; written only by probe, remove,
+ *	freeze and restore (vbhp_dev_start() and vbhp_dev_stop()), which the
+ *	driver core serialises.
+ * @report_stats: free page reporting counters, enum vbhp_report_stat.
  * @stats_vq: the statistics queue, or NULL when not negotiated.
  * @stats_work: refills and returns the statistics buffer.
  * @stats_buf: the statistics reported to the host; owned by @stats_work.
@@ -276,6 +304,11 @@ struct vbhp {
 	bool init_on_alloc;
 	bool init_on_free;
 	bool zero_noticed;
+	u32 poison_val;
+	struct virtqueue *report_vq;
+	struct page_reporting_dev_info report_dev;
+	bool report_on;
+	atomic64_t report_stats[VBHP_RSTAT_NUM];
 	struct virtqueue *stats_vq;
 	struct work_struct stats_work;
 	struct virtio_balloon_stat stats_buf[VIRTIO_BALLOON_S_NR];

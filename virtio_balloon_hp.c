@@ -68,6 +68,12 @@
  * settings at probe, reports them (debugfs, STATS) and says once per
  * device, when a target asks for more than a quarter of RAM, what that
  * costs and that init_on_alloc=0 avoids it.
+ *
+ * Free page reporting (VIRTIO_BALLOON_F_REPORTING) is independent of the
+ * balloon: the kernel's page reporting core hands us free blocks of
+ * pageblock order and up, we pass them to the host on the reporting queue
+ * and it may drop their backing.  Page poisoning (PAGE_POISON) tells the
+ * host what freed pages hold, with the in-tree driver's rules.
  */
 
 #define pr_fmt(fmt) KBUILD_MODNAME ": " fmt
@@ -83,6 +89,8 @@
 #include <linux/mm.h>
 #include <linux/module.h>
 #include <linux/oom.h>
+#include <linux/page_reporting.h>
+#include <linux/poison.h>
 #include <linux/scatterlist.h>
 #include <linux/sched/mm.h>
 #include <linux/seq_file.h>
@@ -156,6 +164,12 @@ static const char * const vbhp_stat_names[VBHP_STAT_NUM] = {
 	[VBHP_STAT_OD_BELOW_4G] = "od_below_4g_pages",
 	[VBHP_STAT_OD_ABORT] = "od_inflate_aborts",
 	[VBHP_STAT_XFER_ERR] = "xfer_errors",
+};
+
+static const char * const vbhp_report_stat_names[VBHP_RSTAT_NUM] = {
+	[VBHP_RSTAT_BUFS] = "buffers",
+	[VBHP_RSTAT_PAGES] = "pages",
+	[VBHP_RSTAT_ERR] = "errors",
 };
 
 static const char * const vbhp_od_names[VBHP_OD_NUM] = {
@@ -652,7 +666,10 @@ static int vbhp_xfer_setup(struct vbhp *vb, enum vbhp_xfer_id id)
 	return 0;
 }
 
-/* Virtqueue callback: the host returned an inflate or deflate buffer. */
+/*
+ * Virtqueue callback of the inflate, deflate and reporting queues: the host
+ * returned a buffer.
+ */
 static void vbhp_xfer_done(struct virtqueue *vq)
 {
 	struct vbhp *vb = vq->vdev->priv;
@@ -1215,6 +1232,117 @@ static void vbhp_stats_request(struct virtqueue *vq)
 	spin_unlock_irqrestore(&vb->stop_lock, flags);
 }
 
+/* ---- free page reporting (VIRTIO_BALLOON_F_REPORTING) ---- */
+
+/*
+ * The page reporting core hands us free blocks of at least pageblock order
+ * (2 MiB on x86, our block size) that it has taken off the free lists; the
+ * host may discard them, and they go back to the free lists, marked as
+ * reported, when our callback returns.  Ballooned blocks are allocated
+ * memory, so they are never reported; a block the balloon gives back is
+ * free memory like any other and may be reported later.
+ */
+
+/* Whether the report in flight came back (*@used) or the queue broke. */
+static bool vbhp_report_collect(struct virtqueue *vq, bool *used)
+{
+	unsigned int len;
+
+	if (!*used)
+		*used = virtqueue_get_buf(vq, &len);
+	return *used || virtqueue_is_broken(vq);
+}
+
+/*
+ * Wait for the host to use the report; false if the queue broke first.
+ * The pages must not be reused while the host may still discard them, so
+ * the wait ends only on one of the two; it looks again every second, as
+ * vbhp_xfer_wait() does, since a surprise removal may not call back.
+ */
+static bool vbhp_report_wait(struct vbhp *vb)
+{
+	bool used = false;
+
+	while (!wait_event_timeout(vb->acked,
+				   vbhp_report_collect(vb->report_vq, &used),
+				   HZ))
+		;
+	return used;
+}
+
+static unsigned long vbhp_report_count_pages(struct scatterlist *sgl,
+					     unsigned int nents)
+{
+	struct scatterlist *sg;
+	unsigned long pages = 0;
+	unsigned int i;
+
+	for_each_sg(sgl, sg, nents, i)
+		pages += sg->length >> PAGE_SHIFT;
+	return pages;
+}
+
+/*
+ * The page reporting core's callback, never run twice at once: one report
+ * in flight.  The buffers are device-writable: the host may drop the pages.
+ */
+static int vbhp_report_send(struct page_reporting_dev_info *prdev,
+			    struct scatterlist *sg, unsigned int nents)
+{
+	struct vbhp *vb = container_of(prdev, struct vbhp, report_dev);
+	int err;
+
+	err = virtqueue_add_inbuf(vb->report_vq, sg, nents, vb,
+				  GFP_NOWAIT | __GFP_NOWARN);
+	if (!err) {
+		virtqueue_kick(vb->report_vq);
+		err = vbhp_report_wait(vb) ? 0 : -EIO;
+	}
+	if (err) {
+		vbhp_count(&vb->report_stats[VBHP_RSTAT_ERR], 1);
+		return err;
+	}
+	vbhp_count(&vb->report_stats[VBHP_RSTAT_BUFS], 1);
+	vbhp_count(&vb->report_stats[VBHP_RSTAT_PAGES],
+		   vbhp_report_count_pages(sg, nents));
+	return 0;
+}
+
+/*
+ * Start reporting free memory (the queues are live).  A failure costs only
+ * the feature: another device may hold the kernel's one reporting slot.
+ */
+static void vbhp_report_start(struct vbhp *vb)
+{
+	int err;
+
+	if (!vb->report_vq)
+		return;
+	if (virtqueue_get_vring_size(vb->report_vq) < PAGE_REPORTING_CAPACITY) {
+		dev_warn(&vb->vdev->dev, "reporting queue holds fewer than %u entries: free page reporting off\n",
+			 PAGE_REPORTING_CAPACITY);
+		return;
+	}
+	vb->report_dev.report = vbhp_report_send;
+	vb->report_dev.order = pageblock_order;
+	err = page_reporting_register(&vb->report_dev);
+	if (err) {
+		dev_warn(&vb->vdev->dev, "free page reporting off: registration failed (%d; another driver reports already?)\n",
+			 err);
+		return;
+	}
+	vb->report_on = true;
+}
+
+/* Stop reporting; returns once no report is in flight. */
+static void vbhp_report_stop(struct vbhp *vb)
+{
+	if (!vb->report_on)
+		return;
+	page_reporting_unregister(&vb->report_dev);
+	vb->report_on = false;
+}
+
 /* ---- /dev/virtio_balloon_hp: the ioctl ABI of the uapi header ---- */
 
 /* Serialises ioctls against probe/remove; taken before vb->lock. */
@@ -1442,6 +1570,27 @@ static void vbhp_dbg_show_od(struct seq_file *f, struct vbhp *vb)
 				   atomic64_read(&vb->od_stats[t][s]));
 }
 
+/*
+ * Reporting, and the poison value as the host holds it: read back from the
+ * device's config, so it shows what the host stored, not what we wrote.
+ */
+static void vbhp_dbg_show_report(struct seq_file *f, struct vbhp *vb)
+{
+	unsigned int s;
+	u32 val = 0;
+
+	seq_printf(f, "reporting: %d\n", READ_ONCE(vb->report_on));
+	for (s = 0; s < VBHP_RSTAT_NUM; s++)
+		seq_printf(f, "report_%s: %lld\n", vbhp_report_stat_names[s],
+			   atomic64_read(&vb->report_stats[s]));
+	seq_printf(f, "page_poison: %d\n",
+		   virtio_has_feature(vb->vdev, VIRTIO_BALLOON_F_PAGE_POISON));
+	if (virtio_has_feature(vb->vdev, VIRTIO_BALLOON_F_PAGE_POISON))
+		virtio_cread_le(vb->vdev, struct virtio_balloon_hp_config,
+				poison_val, &val);
+	seq_printf(f, "host_poison_val: %u\n", val);
+}
+
 static int vbhp_dbg_stats_show(struct seq_file *f, void *unused)
 {
 	struct vbhp *vb = f->private;
@@ -1471,6 +1620,7 @@ static int vbhp_dbg_stats_show(struct seq_file *f, void *unused)
 		seq_printf(f, "%s: %lld\n", vbhp_stat_names[s],
 			   atomic64_read(&vb->stats[s]));
 	vbhp_dbg_show_od(f, vb);
+	vbhp_dbg_show_report(f, vb);
 	vbhp_dbg_show_orders(f, vb);
 	return 0;
 }
@@ -1654,6 +1804,7 @@ enum {
 	VBHP_VQ_INFLATE,
 	VBHP_VQ_DEFLATE,
 	VBHP_VQ_STATS,
+	VBHP_VQ_REPORTING,
 	VBHP_VQ_HP_INFLATE,
 	VBHP_VQ_HP_DEFLATE,
 	VBHP_VQ_NUM,
@@ -1671,6 +1822,9 @@ static int vbhp_dev_find_vqs(struct vbhp *vb)
 	if (virtio_has_feature(vb->vdev, VIRTIO_BALLOON_F_STATS_VQ))
 		info[VBHP_VQ_STATS] =
 			(struct virtqueue_info){ "stats", vbhp_stats_request };
+	if (virtio_has_feature(vb->vdev, VIRTIO_BALLOON_F_REPORTING))
+		info[VBHP_VQ_REPORTING] =
+			(struct virtqueue_info){ "reporting", vbhp_xfer_done };
 	if (vb->hp_order) {
 		info[VBHP_VQ_HP_INFLATE] =
 			(struct virtqueue_info){ "hp_inflate", vbhp_xfer_done };
@@ -1685,6 +1839,7 @@ static int vbhp_dev_find_vqs(struct vbhp *vb)
 	vb->xfer[VBHP_XFER_HP_INFLATE].vq = vqs[VBHP_VQ_HP_INFLATE];
 	vb->xfer[VBHP_XFER_HP_DEFLATE].vq = vqs[VBHP_VQ_HP_DEFLATE];
 	vb->stats_vq = vqs[VBHP_VQ_STATS];
+	vb->report_vq = vqs[VBHP_VQ_REPORTING];
 	return 0;
 }
 
@@ -1697,6 +1852,7 @@ static void vbhp_dev_del_vqs(struct vbhp *vb)
 	for (i = 0; i < VBHP_XFER_NUM; i++)
 		vb->xfer[i].vq = NULL;
 	vb->stats_vq = NULL;
+	vb->report_vq = NULL;
 }
 
 static void vbhp_dev_free_xfers(struct vbhp *vb)
@@ -1749,6 +1905,18 @@ static u32 vbhp_dev_hp_order(struct virtio_device *vdev)
 }
 
 /*
+ * What a freed page holds, for a host that must not discard it otherwise:
+ * zero with init_on_free, else (page_poison=1) the poison byte in each
+ * byte.  With neither, vbhp_validate() declined VIRTIO_BALLOON_F_PAGE_POISON.
+ */
+static u32 vbhp_dev_poison_val(void)
+{
+	if (want_init_on_free())
+		return 0;
+	return PAGE_POISON * 0x01010101U;
+}
+
+/*
  * Negotiated features that size the device; read once here, so a host
  * that changes hp_block_order after vbhp_validate() cannot change the
  * order the queues and the block lists were set up for.
@@ -1770,6 +1938,8 @@ static int vbhp_dev_init_features(struct vbhp *vb)
 	vb->deflate_on_oom = virtio_has_feature(vdev,
 						VIRTIO_BALLOON_F_DEFLATE_ON_OOM);
 	vb->adjust_managed = !vb->deflate_on_oom;
+	if (virtio_has_feature(vdev, VIRTIO_BALLOON_F_PAGE_POISON))
+		vb->poison_val = vbhp_dev_poison_val();
 	return 0;
 }
 
@@ -1806,16 +1976,29 @@ static void vbhp_dev_start(struct vbhp *vb)
 	if (vb->stats_vq)
 		vbhp_stats_push(vb);
 	vbhp_work_queue(vb, 0);
+	vbhp_report_start(vb);
 }
 
 /* Stop the workers: nothing is queued after this until vbhp_dev_start(). */
 static void vbhp_dev_stop(struct vbhp *vb)
 {
+	vbhp_report_stop(vb);
 	spin_lock_irq(&vb->stop_lock);
 	vb->stopping = true;
 	spin_unlock_irq(&vb->stop_lock);
 	cancel_delayed_work_sync(&vb->work);
 	cancel_work_sync(&vb->stats_work);
+}
+
+/*
+ * Tell the host what freed pages hold, before the device is live; a reset
+ * forgets it, so restore tells it again.
+ */
+static void vbhp_dev_tell_poison(struct vbhp *vb)
+{
+	if (virtio_has_feature(vb->vdev, VIRTIO_BALLOON_F_PAGE_POISON))
+		virtio_cwrite_le(vb->vdev, struct virtio_balloon_hp_config,
+				 poison_val, &vb->poison_val);
 }
 
 /* Queues, buffers, device ready: what probe and restore share. */
@@ -1829,6 +2012,7 @@ static int vbhp_dev_setup(struct vbhp *vb)
 	err = vbhp_dev_alloc_xfers(vb);
 	if (err)
 		goto out_del_vqs;
+	vbhp_dev_tell_poison(vb);
 	virtio_device_ready(vb->vdev);
 	return 0;
 
@@ -1893,12 +2077,13 @@ static int vbhp_probe(struct virtio_device *vdev)
 	vbhp_ioc_bind(vb);
 	vbhp_dbg_init(vb);
 	vbhp_dev_start(vb);
-	dev_info(&vdev->dev, "blocks of order %u, %s, %u buffers in flight, reserve %lu MiB%s\n",
+	dev_info(&vdev->dev, "blocks of order %u, %s, %u buffers in flight, reserve %lu MiB%s%s\n",
 		 vb->max_order,
 		 vb->hp_order ? "one frame number per block" : "4 KiB frames",
 		 vb->xfer[VBHP_XFER_INFLATE].nr_slots,
 		 vb->reserve_pages >> (20 - PAGE_SHIFT),
-		 vb->deflate_on_oom ? ", deflate on demand" : "");
+		 vb->deflate_on_oom ? ", deflate on demand" : "",
+		 vb->report_on ? ", free page reporting" : "");
 	return 0;
 
 out_teardown:
@@ -1954,37 +2139,80 @@ static int vbhp_restore(struct virtio_device *vdev)
 #endif
 
 /*
- * Whether the host offers queues this driver does not create (free page
- * hinting, reporting), negotiated or not: one read of its features.
+ * Whether the host offers a queue this driver will not create: free page
+ * hinting (never used), or reporting declined by vbhp_validate_report().
+ * @offered: the host's features, as read once by vbhp_validate().
  */
-static bool vbhp_offers_other_queues(struct virtio_device *vdev)
+static bool vbhp_offers_other_queues(struct virtio_device *vdev,
+				     const u64 *offered)
 {
-	u64 features[VIRTIO_FEATURES_U64S] = {};
-
-	virtio_get_features(vdev, features);
-	return virtio_features_test_bit(features,
+	return virtio_features_test_bit(offered,
 					VIRTIO_BALLOON_F_FREE_PAGE_HINT) ||
-	       virtio_features_test_bit(features, VIRTIO_BALLOON_F_REPORTING);
+	       (virtio_features_test_bit(offered, VIRTIO_BALLOON_F_REPORTING) &&
+		!virtio_has_feature(vdev, VIRTIO_BALLOON_F_REPORTING));
 }
 
 /*
- * Before features are final: huge blocks are usable only if the host's
- * order is one this guest allocates, i.e. 1 <= hp_block_order <= page_order.
+ * As the in-tree driver: PAGE_POISON only when freed pages hold a value
+ * (page_poison=1 or init_on_free=1), and then no free page reporting
+ * unless the host accepts PAGE_POISON, i.e. can be told to keep the value.
+ */
+static void vbhp_validate_poison(struct virtio_device *vdev)
+{
+	bool init = want_init_on_free();
+
+	if (!init && !page_poisoning_enabled_static()) {
+		__virtio_clear_bit(vdev, VIRTIO_BALLOON_F_PAGE_POISON);
+		return;
+	}
+	if (virtio_has_feature(vdev, VIRTIO_BALLOON_F_PAGE_POISON) ||
+	    !virtio_has_feature(vdev, VIRTIO_BALLOON_F_REPORTING))
+		return;
+	dev_info(&vdev->dev, "free page reporting off: %s is on and the host does not offer page-poison\n",
+		 init ? "init_on_free" : "page_poison");
+	__virtio_clear_bit(vdev, VIRTIO_BALLOON_F_REPORTING);
+}
+
+/*
+ * A host that numbers queues by what it offers (QEMU) has the free page
+ * hinting queue before the reporting queue; this driver does not create
+ * it, so it would send reports to the wrong queue: no reporting then.
+ */
+static void vbhp_validate_report(struct virtio_device *vdev,
+				 const u64 *offered)
+{
+	if (!virtio_has_feature(vdev, VIRTIO_BALLOON_F_REPORTING) ||
+	    !virtio_features_test_bit(offered,
+				      VIRTIO_BALLOON_F_FREE_PAGE_HINT))
+		return;
+	dev_info(&vdev->dev, "free page reporting off: the host offers free page hinting, which this driver does not use\n");
+	__virtio_clear_bit(vdev, VIRTIO_BALLOON_F_REPORTING);
+}
+
+/*
+ * Before features are final: decide poisoning and reporting, then huge
+ * blocks, usable only if the host's order is one this guest allocates
+ * (1 <= hp_block_order <= page_order).
  */
 static int vbhp_validate(struct virtio_device *vdev)
 {
+	u64 offered[VIRTIO_FEATURES_U64S] = {};
+
 	if (!vdev->config->get) {
 		dev_err(&vdev->dev, "config space is not readable\n");
 		return -EINVAL;
 	}
+	virtio_get_features(vdev, offered);
+	vbhp_validate_poison(vdev);
+	vbhp_validate_report(vdev, offered);
 	if (!virtio_has_feature(vdev, VIRTIO_BALLOON_F_HP_BLOCKS))
 		return 0;
 	/*
 	 * A host that numbers queues by what it offers would put the hp
-	 * queues after free-page-hint/reporting queues this driver does not
-	 * create: use 4 KiB frames rather than disagree about the queues.
+	 * queues after queues this driver does not create: use 4 KiB frames
+	 * rather than disagree about the queues.
 	 */
-	if (vbhp_offers_other_queues(vdev)) {
+	if (vbhp_offers_other_queues(vdev, offered)) {
 		dev_info(&vdev->dev, "host offers queues this driver does not use: sending 4 KiB frames\n");
 		__virtio_clear_bit(vdev, VIRTIO_BALLOON_F_HP_BLOCKS);
 		return 0;
@@ -2010,6 +2238,8 @@ static unsigned int vbhp_features[] = {
 	VIRTIO_BALLOON_F_MUST_TELL_HOST,
 	VIRTIO_BALLOON_F_STATS_VQ,
 	VIRTIO_BALLOON_F_DEFLATE_ON_OOM,
+	VIRTIO_BALLOON_F_PAGE_POISON,
+	VIRTIO_BALLOON_F_REPORTING,
 	VIRTIO_BALLOON_F_HP_BLOCKS,
 };
 

@@ -25,16 +25,26 @@ def kvm_usable():
 class Host:
     """hp: the reference host with hp-block-order=HP_ORDER (else stock QEMU);
     deflate_on_oom: the device offers VIRTIO_BALLOON_F_DEFLATE_ON_OOM;
+    reporting: it offers VIRTIO_BALLOON_F_REPORTING (free-page-reporting);
+    page_poison: it offers VIRTIO_BALLOON_F_PAGE_POISON (QEMU's default);
+    free_page_hint: it offers VIRTIO_BALLOON_F_FREE_PAGE_HINT (with the
+    iothread QEMU requires for it);
     trace: a QEMU trace event pattern to log (Guest.trace() reads it)."""
 
-    def __init__(self, hp=False, deflate_on_oom=False, trace=None):
+    def __init__(self, hp=False, deflate_on_oom=False, trace=None, reporting=False,
+                 page_poison=True, free_page_hint=False):
         self.hp, self.deflate_on_oom, self.trace = hp, deflate_on_oom, trace
+        self.reporting, self.page_poison = reporting, page_poison
+        self.free_page_hint = free_page_hint
         self.qemu = HP_QEMU if hp else STOCK_QEMU
 
     def balloon_device(self):
         """The -device value of the balloon (QOM id balloon0)."""
         return ('virtio-balloon-pci,id=balloon0' + f',hp-block-order={HP_ORDER}' * self.hp
-                + ',deflate-on-oom=on' * self.deflate_on_oom)
+                + ',deflate-on-oom=on' * self.deflate_on_oom
+                + ',free-page-reporting=on' * self.reporting
+                + ',page-poison=off' * (not self.page_poison)
+                + ',free-page-hint=on,iothread=vbhp-io' * self.free_page_hint)
 
     def argv(self, mem_mib, smp, trace_log):
         """QEMU's command line up to the guest's own files and sockets: binary,
@@ -44,6 +54,8 @@ class Host:
         argv = [self.qemu, '-machine', 'q35', '-accel', 'kvm' if kvm else 'tcg,thread=multi',
                 '-cpu', 'host' if kvm else 'max', '-m', str(mem_mib), '-smp', str(smp),
                 '-device', self.balloon_device()]
+        if self.free_page_hint:
+            argv += ['-object', 'iothread,id=vbhp-io']
         if self.trace:
             argv += ['-d', f'trace:{self.trace}', '-D', trace_log]
         return argv
