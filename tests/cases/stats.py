@@ -23,6 +23,7 @@ UNSET = 2 ** 64 - 1  # QEMU's value of a tag the guest did not send
 # must lie within this much of what the guest read before and after it.
 GAUGES = ('stat-free-memory', 'stat-available-memory', 'stat-disk-caches')
 GAUGE_SLACK = 16 * MiB
+CACHE_MIB = 256  # clean page cache for the pressure to reclaim
 HUGEPAGES = 4  # hugetlb pages the test allocates, so that stat-htlb-pgalloc is not 0
 
 
@@ -79,7 +80,7 @@ def stats_between(b):
 def check_values(b, want):
     """Every one of the first @want tags arrived (present, not UNSET), with
     the value /proc showed: counters between the reads before and after,
-    gauges within GAUGE_SLACK of them."""
+    gauges within GAUGE_SLACK of them; returns the host's values."""
     before, host, after = stats_between(b)
     keys = STAT_KEYS[:want]
     missing = [k for k in keys if host.get(k, UNSET) == UNSET]
@@ -96,6 +97,7 @@ def check_values(b, want):
     b.g.log(f'{len(keys)} tags arrived: ' + ', '.join(f'{k[5:]}={host[k]}' for k in keys))
     b.g.log(f'moving between the reads: {moved}; gauges off their /proc range by (KiB): {off}')
     assert host['stat-htlb-pgalloc'] >= HUGEPAGES, host
+    return host
 
 
 def host_tags(b):
@@ -128,19 +130,39 @@ def reload_and_reset(b):
 
 
 def stats_case(kernel, hp):
-    with balloon_guest(kernel, 1024, hp=hp) as g:
+    """Idle, then after memory pressure, a module reload and a device reset.
+    The pressure reclaims CACHE_MIB of clean page cache (a brd ramdisk read
+    through its block device) and ends in an OOM kill, which stalls
+    allocations in direct reclaim: the OOM, stall, scan and reclaim tags
+    are not 0 where the kernel defines them."""
+    with balloon_guest(kernel, 1024, hp=hp, extra_files=[kernel.module('brd')]) as g:
         b = Balloon(g)
         b.load()
         g.sh(f'echo {HUGEPAGES} > /proc/sys/vm/nr_hugepages')
         b.poll_guest_stats()
         wait_until(b.last_update, 30, 'guest stats flowing', ok=bool)
         defined, shown = uapi_tags(kernel), host_tags(b)
+        want = min(defined, shown)
         g.log(f'{kernel.short} uapi defines {defined} tags; {g.host.version()} shows {shown}')
-        check_values(b, min(defined, shown))
         if shown < defined:
             g.log(f'this host cannot show the other {defined - shown} tags')
+        check_values(b, want)
+        # The last close of a block device drops its page cache: keep it open.
+        g.sh(f'insmod /lib/vbhp/brd.ko rd_nr=1 rd_size={CACHE_MIB * 1024} && '
+             '{ sleep 3600 </dev/ram0 >/dev/null 2>&1 & } && '
+             'dd if=/dev/ram0 of=/dev/null bs=1M', timeout=120)
+        g.log(f'ramdisk read: {g.meminfo()["Buffers"] // 1024} MiB of block device page cache')
+        g.expect_oom = True
+        rc, out = g.run('vbhp_alloc -m 1024', timeout=300)
+        assert rc != 0 and re.search(r'Killed process \d+ \(vbhp_alloc\)', g.sh('dmesg')), \
+            f'vbhp_alloc was not OOM-killed: exit {rc}\n{out}'
         reload_and_reset(b)
-        check_values(b, min(defined, shown))
+        host = check_values(b, want)
+        for tags in (('stat-oom-kills',), ('stat-alloc-stalls',),
+                     ('stat-async-scans', 'stat-direct-scans'),
+                     ('stat-async-reclaims', 'stat-direct-reclaims')):
+            if set(tags) <= set(STAT_KEYS[:want]):
+                assert sum(host[t] for t in tags) > 0, f'{tags} all 0 after the pressure'
 
 
 @test
