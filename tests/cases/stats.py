@@ -12,7 +12,7 @@ from vbhp.balloon import Balloon, balloon_guest
 from vbhp.runner import test
 
 # QEMU's guest-stats key of each tag, in tag order (hw/virtio/virtio-balloon.c
-# balloon_stat_names; QEMU 7.2 knows the first 10, 9.1 and later all 16).
+# balloon_stat_names; QEMU 7.2 knows the first 10, the reference host's 10.0 all 16).
 STAT_KEYS = ('stat-swap-in', 'stat-swap-out', 'stat-major-faults', 'stat-minor-faults',
              'stat-free-memory', 'stat-total-memory', 'stat-available-memory',
              'stat-disk-caches', 'stat-htlb-pgalloc', 'stat-htlb-pgfail',
