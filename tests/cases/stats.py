@@ -8,7 +8,7 @@ import re
 import time
 
 from vbhp import MiB, wait_until
-from vbhp.balloon import Balloon, balloon_guest
+from vbhp.balloon import INTREE_MODULE, Balloon, balloon_guest
 from vbhp.runner import test
 
 # QEMU's guest-stats key of each tag, in tag order (hw/virtio/virtio-balloon.c
@@ -105,6 +105,23 @@ def host_tags(b):
     return len([k for k in b.guest_stats()['stats'] if k in STAT_KEYS])
 
 
+def sent_keys(b):
+    """The guest-stats keys the guest sent in its last update."""
+    return {k for k, v in b.guest_stats()['stats'].items() if v != UNSET}
+
+
+def intree_keys(b):
+    """The keys the kernel's own virtio_balloon sends, loaded and removed
+    again before our driver comes."""
+    loaded = time.time()
+    b.load('', module=INTREE_MODULE)
+    wait_until(b.last_update, 30, 'guest-stats from the in-tree virtio_balloon',
+               ok=lambda t: t >= int(loaded) + 1)
+    keys = sent_keys(b)
+    b.g.sh('rmmod virtio_balloon', timeout=120)
+    return keys
+
+
 def reload_and_reset(b):
     """last-update advances after rmmod + insmod, and after a device reset:
     the guest unbinds the driver from the device and binds it again through
@@ -130,26 +147,32 @@ def reload_and_reset(b):
 
 
 def stats_case(kernel, hp):
-    """Idle, then after memory pressure, a module reload and a device reset.
-    The pressure reclaims CACHE_MIB of clean page cache (a brd ramdisk read
+    """The keys the in-tree driver sends; then ours, idle, and again after
+    memory pressure, a module reload and a device reset.  The pressure reclaims CACHE_MIB of clean page cache (a brd ramdisk read
     through its block device) and ends in an OOM kill, which stalls
     allocations in direct reclaim: the OOM, stall, scan and reclaim tags
     are not 0 where the kernel defines them."""
-    with balloon_guest(kernel, 1024, hp=hp, extra_files=[kernel.module('brd')]) as g:
+    files = [kernel.module('brd'), kernel.module('virtio_balloon')]
+    with balloon_guest(kernel, 1024, hp=hp, extra_files=files) as g:
         b = Balloon(g)
-        b.load()
         g.sh(f'echo {HUGEPAGES} > /proc/sys/vm/nr_hugepages')
         b.poll_guest_stats()
-        wait_until(b.last_update, 30, 'guest stats flowing', ok=bool)
+        intree = intree_keys(b)
+        loaded = time.time()
+        b.load()
+        wait_until(b.last_update, 30, 'guest-stats from virtio_balloon_hp',
+                   ok=lambda t: t >= int(loaded) + 1)
         defined, shown = uapi_tags(kernel), host_tags(b)
         want = min(defined, shown)
         g.log(f'{kernel.short} uapi defines {defined} tags; {g.host.version()} shows {shown}')
         if shown < defined:
             g.log(f'this host cannot show the other {defined - shown} tags')
         check_values(b, want)
-        sent = b.guest_stats()['stats']
-        extra = [k for k in STAT_KEYS[defined:shown] if sent[k] != UNSET]
+        sent = sent_keys(b)
+        extra = sent - set(STAT_KEYS[:defined])
         assert not extra, f'tags past the kernel\'s uapi were sent: {extra}'
+        assert sent == intree, f'in-tree driver sent {sorted(intree)}, ours {sorted(sent)}'
+        g.log(f'the in-tree virtio_balloon sent the same {len(intree)} keys')
         # The last close of a block device drops its page cache: keep it open.
         g.sh(f'insmod /lib/vbhp/brd.ko rd_nr=1 rd_size={CACHE_MIB * 1024} && '
              '{ sleep 3600 </dev/ram0 >/dev/null 2>&1 & } && '
