@@ -19,7 +19,9 @@
 #include <linux/shrinker.h>
 #include <linux/slab.h>
 #include <linux/swap.h>
+#include <linux/virtio_balloon.h>
 #include <linux/virtio_config.h>
+#include <linux/vmstat.h>
 
 /*
  * 6.8: MAX_PAGE_ORDER, the largest order the buddy allocator hands out
@@ -172,6 +174,52 @@ static inline void mm_account_reclaimed_pages(unsigned long pages)
 	if (current->reclaim_state)
 		current->reclaim_state->reclaimed_slab += pages;
 }
+#endif
+
+/*
+ * 6.10: six more statistics tags (uapi virtio_balloon.h, VIRTIO_BALLOON_S_NR
+ * went from 10 to 16): OOM kills, allocation stalls, and the memory kswapd
+ * and direct reclaim scanned and reclaimed.  Older kernels get the tag
+ * numbers; vbhp_stats_tag_defined() says whether the running kernel's uapi
+ * has a tag, so that the driver sends just those, as the kernel's own
+ * driver does.
+ */
+#if LINUX_VERSION_CODE < KERNEL_VERSION(6, 10, 0)
+#define VIRTIO_BALLOON_S_OOM_KILL	10
+#define VIRTIO_BALLOON_S_ALLOC_STALL	11
+#define VIRTIO_BALLOON_S_ASYNC_SCAN	12
+#define VIRTIO_BALLOON_S_DIRECT_SCAN	13
+#define VIRTIO_BALLOON_S_ASYNC_RECLAIM	14
+#define VIRTIO_BALLOON_S_DIRECT_RECLAIM	15
+#endif
+
+static inline bool vbhp_stats_tag_defined(unsigned int tag)
+{
+	return tag < VIRTIO_BALLOON_S_NR;
+}
+
+/*
+ * 7.1: the reclaim scan and steal counters (pgscan_kswapd, pgscan_direct,
+ * pgsteal_kswapd, pgsteal_direct) moved from the vm events to the node
+ * statistics, read with global_node_page_state().  Before, they were vm
+ * events: vbhp_reclaim_pages() takes the events the caller summed with
+ * all_vm_events() and reads the counter from there.  (Only 6.12 and 7.3 of
+ * the kernels around the move are built.)
+ */
+#ifdef CONFIG_VM_EVENT_COUNTERS
+#if LINUX_VERSION_CODE < KERNEL_VERSION(7, 1, 0)
+static inline unsigned long vbhp_reclaim_pages(const unsigned long *ev,
+					       enum vm_event_item item)
+{
+	return ev[item];
+}
+#else
+static inline unsigned long vbhp_reclaim_pages(const unsigned long *ev,
+					       enum node_stat_item item)
+{
+	return global_node_page_state(item);
+}
+#endif
 #endif
 
 #endif /* _VBHP_COMPAT_H */

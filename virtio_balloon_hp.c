@@ -1156,47 +1156,107 @@ static void vbhp_work_fn(struct work_struct *work)
 
 /* ---- statistics queue (VIRTIO_BALLOON_F_STATS_VQ) ---- */
 
+/*
+ * Put one statistic in the buffer at @idx; returns the next free index.  A
+ * tag the running kernel's uapi does not define is left out, as the
+ * kernel's own driver would not send it either.
+ */
 static unsigned int vbhp_stats_set(struct vbhp *vb, unsigned int idx,
 				   u16 tag, u64 val)
 {
+	if (!vbhp_stats_tag_defined(tag))
+		return idx;
 	vb->stats_buf[idx].tag = cpu_to_virtio16(vb->vdev, tag);
 	vb->stats_buf[idx].val = cpu_to_virtio64(vb->vdev, val);
 	return idx + 1;
 }
 
-/* Fill the statistics buffer; returns the number of entries. */
-static unsigned int vbhp_stats_fill(struct vbhp *vb)
+static inline u64 vbhp_stats_bytes(unsigned long pages)
 {
-	unsigned int idx = 0;
-	struct sysinfo si;
+	return (u64)pages << PAGE_SHIFT;
+}
+
 #ifdef CONFIG_VM_EVENT_COUNTERS
+/*
+ * Allocations that stalled in direct reclaim, all zones: the kernel counts
+ * them per zone (allocstall_dma ... allocstall_movable in /proc/vmstat).
+ */
+static unsigned long vbhp_stats_alloc_stalls(const unsigned long *ev)
+{
+	unsigned long sum = 0;
+	int zone;
+
+	for (zone = 0; zone < MAX_NR_ZONES; zone++)
+		sum += ev[ALLOCSTALL_NORMAL - ZONE_NORMAL + zone];
+	return sum;
+}
+
+/* Memory kswapd and direct reclaim scanned and reclaimed, in bytes. */
+static unsigned int vbhp_stats_fill_reclaim(struct vbhp *vb, unsigned int idx,
+					    const unsigned long *ev)
+{
+	idx = vbhp_stats_set(vb, idx, VIRTIO_BALLOON_S_ASYNC_SCAN,
+			     vbhp_stats_bytes(vbhp_reclaim_pages(ev, PGSCAN_KSWAPD)));
+	idx = vbhp_stats_set(vb, idx, VIRTIO_BALLOON_S_DIRECT_SCAN,
+			     vbhp_stats_bytes(vbhp_reclaim_pages(ev, PGSCAN_DIRECT)));
+	idx = vbhp_stats_set(vb, idx, VIRTIO_BALLOON_S_ASYNC_RECLAIM,
+			     vbhp_stats_bytes(vbhp_reclaim_pages(ev, PGSTEAL_KSWAPD)));
+	idx = vbhp_stats_set(vb, idx, VIRTIO_BALLOON_S_DIRECT_RECLAIM,
+			     vbhp_stats_bytes(vbhp_reclaim_pages(ev, PGSTEAL_DIRECT)));
+	return idx;
+}
+
+/* The statistics that come from the vm event counters (/proc/vmstat). */
+static unsigned int vbhp_stats_fill_events(struct vbhp *vb, unsigned int idx)
+{
 	unsigned long ev[NR_VM_EVENT_ITEMS];
 
 	all_vm_events(ev);
 	idx = vbhp_stats_set(vb, idx, VIRTIO_BALLOON_S_SWAP_IN,
-			     (u64)ev[PSWPIN] << PAGE_SHIFT);
+			     vbhp_stats_bytes(ev[PSWPIN]));
 	idx = vbhp_stats_set(vb, idx, VIRTIO_BALLOON_S_SWAP_OUT,
-			     (u64)ev[PSWPOUT] << PAGE_SHIFT);
+			     vbhp_stats_bytes(ev[PSWPOUT]));
 	idx = vbhp_stats_set(vb, idx, VIRTIO_BALLOON_S_MAJFLT, ev[PGMAJFAULT]);
 	idx = vbhp_stats_set(vb, idx, VIRTIO_BALLOON_S_MINFLT,
 			     ev[PGFAULT] - ev[PGMAJFAULT]);
+	idx = vbhp_stats_set(vb, idx, VIRTIO_BALLOON_S_OOM_KILL, ev[OOM_KILL]);
+	idx = vbhp_stats_set(vb, idx, VIRTIO_BALLOON_S_ALLOC_STALL,
+			     vbhp_stats_alloc_stalls(ev));
+	idx = vbhp_stats_fill_reclaim(vb, idx, ev);
 #ifdef CONFIG_HUGETLB_PAGE
 	idx = vbhp_stats_set(vb, idx, VIRTIO_BALLOON_S_HTLB_PGALLOC,
 			     ev[HTLB_BUDDY_PGALLOC]);
 	idx = vbhp_stats_set(vb, idx, VIRTIO_BALLOON_S_HTLB_PGFAIL,
 			     ev[HTLB_BUDDY_PGALLOC_FAIL]);
 #endif
+	return idx;
+}
+#else
+static inline unsigned int vbhp_stats_fill_events(struct vbhp *vb,
+						  unsigned int idx)
+{
+	return idx;
+}
 #endif
+
+/*
+ * Fill the statistics buffer with every tag the running kernel's uapi
+ * defines (10 on 6.1, 16 from 6.10 on); returns the number of entries.
+ */
+static unsigned int vbhp_stats_fill(struct vbhp *vb)
+{
+	unsigned int idx = vbhp_stats_fill_events(vb, 0);
+	struct sysinfo si;
+
 	si_meminfo(&si);
 	idx = vbhp_stats_set(vb, idx, VIRTIO_BALLOON_S_MEMFREE,
-			     (u64)si.freeram << PAGE_SHIFT);
+			     vbhp_stats_bytes(si.freeram));
 	idx = vbhp_stats_set(vb, idx, VIRTIO_BALLOON_S_MEMTOT,
-			     (u64)si.totalram << PAGE_SHIFT);
+			     vbhp_stats_bytes(si.totalram));
 	idx = vbhp_stats_set(vb, idx, VIRTIO_BALLOON_S_AVAIL,
-			     (u64)si_mem_available() << PAGE_SHIFT);
+			     vbhp_stats_bytes(si_mem_available()));
 	idx = vbhp_stats_set(vb, idx, VIRTIO_BALLOON_S_CACHES,
-			     (u64)global_node_page_state(NR_FILE_PAGES) <<
-			     PAGE_SHIFT);
+			     vbhp_stats_bytes(global_node_page_state(NR_FILE_PAGES)));
 	return idx;
 }
 

@@ -79,8 +79,7 @@ def inflate_deflate_exact(kernel):
     with balloon_guest(kernel, 2048) as g:
         b = Balloon(g)
         b.load()
-        g.qmp.cmd('qom-set', path='/machine/peripheral/balloon0',
-                  property='guest-stats-polling-interval', value=1)
+        b.poll_guest_stats()
         for size in (1536 * MiB, 1024 * MiB, 1024 * MiB - 12 * 1024,
                      1024 * MiB + 8 * 1024, 2048 * MiB):
             secs = b.settle(size)
@@ -92,7 +91,7 @@ def inflate_deflate_exact(kernel):
                 assert s['held_o9'] << 9 == s['current'], s
                 assert s['fallbacks'] == 0, s
                 want = g.meminfo()['MemTotal'] * 1024
-                wait_until(lambda: guest_stat(g, 'stat-total-memory'), 30,
+                wait_until(lambda: b.guest_stats()['stats'].get('stat-total-memory'), 30,
                            f'host guest-stats stat-total-memory == {want}',
                            ok=lambda v: v == want)
             if size == 1024 * MiB - 12 * 1024:
@@ -104,12 +103,6 @@ def inflate_deflate_exact(kernel):
         # Stock QEMU offers no hp blocks: everything went as 4 KiB frames.
         assert s['hp_order'] == 0 and s['hp_inflate_buffers'] == 0, s
         assert s['inflate_buffers'] >= (1024 * MiB >> 12) // 256, s
-
-
-def guest_stat(g, name):
-    stats = g.qmp.cmd('qom-get', path='/machine/peripheral/balloon0',
-                      property='guest-stats')
-    return stats['stats'].get(name)
 
 
 @test

@@ -10,7 +10,6 @@ from vbhp.balloon import HOOKS_MODULE, Balloon, balloon_guest, suspend
 from vbhp.runner import test
 
 HOOK = '/sys/kernel/debug/virtio_balloon_hp_'   # + fail_sends, break, fail_restore
-BALLOON_DEV = '/machine/peripheral/balloon0'
 
 
 @test
@@ -85,15 +84,10 @@ def stats_flow_after_restore(kernel):
     with balloon_guest(kernel, 2048) as g:
         b = Balloon(g)
         b.load()
-        g.qmp.cmd('qom-set', path=BALLOON_DEV, property='guest-stats-polling-interval',
-                  value=1)
-
-        def last_update():
-            return g.qmp.cmd('qom-get', path=BALLOON_DEV, property='guest-stats')['last-update']
-
-        before = wait_until(last_update, 30, 'guest stats flowing', ok=bool)
+        b.poll_guest_stats()
+        before = wait_until(b.last_update, 30, 'guest stats flowing', ok=bool)
         suspend(g)
         resumed = time.time()
-        wait_until(last_update, 30, 'guest-stats last-update past the resume',
+        wait_until(b.last_update, 30, 'guest-stats last-update past the resume',
                    ok=lambda t: t > resumed + 1)
-        assert last_update() > before
+        assert b.last_update() > before

@@ -18,6 +18,7 @@ MODULE = '/lib/vbhp/virtio_balloon_hp.ko'
 HOOKS_MODULE = '/lib/vbhp/virtio_balloon_hp_hooks.ko'  # the test-hooks build (VBHP_TEST_HOOKS)
 INTREE_MODULE = '/lib/vbhp/virtio_balloon.ko'  # the kernel's own driver, in guests that carry it
 DEBUGFS = '/sys/kernel/debug/virtio_balloon_hp'
+BALLOON_DEV = '/machine/peripheral/balloon0'  # the balloon's QOM path (Host.balloon_device)
 SETTLE_TIMEOUT = 240  # seconds; TCG inflates a few hundred MiB/s
 
 
@@ -98,6 +99,21 @@ class Balloon:
         out = self.g.sh(f'cat {DEBUGFS}')
         return {k.strip(): int(v) for k, v in
                 (line.split(':', 1) for line in out.splitlines() if ':' in line)}
+
+    def poll_guest_stats(self, seconds=1):
+        """Have the host ask the driver for statistics every @seconds."""
+        self.g.qmp.cmd('qom-set', path=BALLOON_DEV, property='guest-stats-polling-interval',
+                       value=seconds)
+
+    def guest_stats(self):
+        """The device's guest-stats as QMP shows them: {'last-update': host
+        time in whole seconds, 'stats': {'stat-...': value}}; a value of
+        2**64 - 1 marks a statistic the guest did not send."""
+        return self.g.qmp.cmd('qom-get', path=BALLOON_DEV, property='guest-stats')
+
+    def last_update(self):
+        """When the host last received statistics (host time, s; 0: never)."""
+        return self.guest_stats()['last-update']
 
     def actual(self):
         """Guest memory size in bytes the device reports to the host (RAM - balloon)."""
