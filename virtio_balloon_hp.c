@@ -46,14 +46,19 @@
  * gets blocks below 4 GiB); otherwise it takes the smallest blocks first,
  * as a deflate round does.  Only direct reclaim deflates, one request's
  * worth per reclaim pass; not kswapd, which runs whenever free memory
- * dips (also while the balloon inflates), nor drop_caches.  Reclaim and
+ * dips (also while the balloon inflates), nor drop_caches.  And only when
+ * memory is short: every zone the allocation may use is below its low
+ * watermark.  Reclaim for a transparent huge page or another costly order
+ * on a fragmented guest, with order-0 memory free, gets nothing (it would
+ * turn the balloon into a huge-page pool); nor does a memory cgroup
+ * reclaiming down to its limit while the system has memory.  Reclaim and
  * the OOM notifier never block on vbhp->lock (the worker allocates with it
  * held): they trylock and, if an inflate round holds the lock, ask that
  * round to stop; it retries a second later.  After an on-demand deflate
  * the balloon does not inflate again until the host writes a target: the
  * host sees "actual" drop and decides.  Hibernation's shrink_all_memory()
- * and writes to the root cgroup's memory.reclaim count as direct reclaim
- * too: they may deflate (a reset follows hibernation anyway).
+ * and writes to a cgroup's memory.reclaim count as direct reclaim too:
+ * they deflate only when memory is short (a reset follows hibernation).
  * No timer re-inflates it, because re-inflating into the pressure that
  * just deflated it is the reclaim/inflate loop that made upstream revert
  * its shrinker.
@@ -935,12 +940,71 @@ static bool vbhp_od_direct_reclaim(void)
 	return current->reclaim_state && !current_is_kswapd();
 }
 
+/**
+ * vbhp_od_zone_ok() - whether a zone still serves order-0 allocations
+ * @zone: the zone
+ * @top: the highest zone the allocation may use (its lowmem reserve applies)
+ * @cma: whether the allocation may use free pages in CMA pageblocks (only
+ *	movable ones may)
+ *
+ * The page allocator's fast path takes a page from any zone whose free
+ * pages stay above the low watermark plus the lowmem reserve, as this
+ * counts them; below it kswapd wakes, and below the min watermark an
+ * allocation reclaims itself.
+ *
+ * Return: true if @zone has order-0 pages free above that mark.
+ */
+static bool vbhp_od_zone_ok(struct zone *zone, enum zone_type top, bool cma)
+{
+	long free = zone_page_state(zone, NR_FREE_PAGES);
+
+	if (!populated_zone(zone))
+		return false;
+	if (!cma)
+		free -= zone_page_state(zone, NR_FREE_CMA_PAGES);
+	return free > (long)(low_wmark_pages(zone) + zone->lowmem_reserve[top]);
+}
+
+/**
+ * vbhp_od_short() - whether reclaim runs because memory is short
+ * @gfp: the reclaiming allocation's gfp mask (struct shrink_control)
+ *
+ * Direct reclaim also runs for allocations of a costly order (above
+ * PAGE_ALLOC_COSTLY_ORDER: transparent huge pages, large kmalloc()s) that
+ * fail only because no free block of their order is left, with plenty of
+ * order-0 memory free.  Each such pass would get a whole balloon block and
+ * the balloon would become a huge-page pool.  The shrinker sees no order,
+ * only the gfp mask, so it asks whether the allocation is short of memory:
+ * no zone @gfp may use, on any node, has order-0 pages free above its low
+ * watermark.  Fragmentation is compaction's work, not the balloon's.
+ *
+ * Return: true if the zones @gfp may use are all below their low watermark.
+ */
+static bool vbhp_od_short(gfp_t gfp)
+{
+	enum zone_type top = gfp_zone(gfp), z;
+	bool cma = gfp & __GFP_MOVABLE;
+	int nid;
+
+	for_each_online_node(nid)
+		for (z = 0; z <= top; z++)
+			if (vbhp_od_zone_ok(&NODE_DATA(nid)->node_zones[z], top,
+					    cma))
+				return false;
+	return true;
+}
+
+/*
+ * Nothing to give while the caller is not short of memory: then
+ * vbhp_od_shrink_scan() is not called at all.
+ */
 static unsigned long vbhp_od_shrink_count(struct shrinker *shrinker,
 					  struct shrink_control *sc)
 {
 	struct vbhp *vb = vbhp_shrinker_private(shrinker);
 
-	if (!vbhp_od_direct_reclaim() || READ_ONCE(vb->test_no_shrinker))
+	if (!vbhp_od_direct_reclaim() || READ_ONCE(vb->test_no_shrinker) ||
+	    !vbhp_od_short(sc->gfp_mask))
 		return 0;
 	return READ_ONCE(vb->num_pages);
 }
