@@ -46,19 +46,18 @@
  * gets blocks below 4 GiB); otherwise it takes the smallest blocks first,
  * as a deflate round does.  Only direct reclaim deflates, one request's
  * worth per reclaim pass; not kswapd, which runs whenever free memory
- * dips (also while the balloon inflates), nor drop_caches.  And only when
- * memory is short: every zone the allocation may use is below its low
- * watermark.  Reclaim for a transparent huge page or another costly order
- * on a fragmented guest, with order-0 memory free, gets nothing (it would
- * turn the balloon into a huge-page pool); nor does a memory cgroup
- * reclaiming down to its limit while the system has memory.  Reclaim and
+ * dips (also while the balloon inflates), nor drop_caches.  Reclaim for
+ * an opportunistic allocation (a transparent huge page, __GFP_NORETRY)
+ * gets nothing unless every zone it may use is below its low watermark:
+ * on a fragmented guest each of its passes would take a 2 MiB block and
+ * the balloon would become a huge-page pool.  Reclaim and
  * the OOM notifier never block on vbhp->lock (the worker allocates with it
  * held): they trylock and, if an inflate round holds the lock, ask that
  * round to stop; it retries a second later.  After an on-demand deflate
  * the balloon does not inflate again until the host writes a target: the
  * host sees "actual" drop and decides.  Hibernation's shrink_all_memory()
- * and writes to a cgroup's memory.reclaim count as direct reclaim too:
- * they deflate only when memory is short (a reset follows hibernation).
+ * and writes to the root cgroup's memory.reclaim count as direct reclaim
+ * too: they may deflate (a reset follows hibernation anyway).
  * No timer re-inflates it, because re-inflating into the pressure that
  * just deflated it is the reclaim/inflate loop that made upstream revert
  * its shrinker.
@@ -966,19 +965,11 @@ static bool vbhp_od_zone_ok(struct zone *zone, enum zone_type top, bool cma)
 }
 
 /**
- * vbhp_od_short() - whether reclaim runs because memory is short
- * @gfp: the reclaiming allocation's gfp mask (struct shrink_control)
+ * vbhp_od_short() - whether memory is short for a reclaiming allocation
+ * @gfp: the allocation's gfp mask
  *
- * Direct reclaim also runs for allocations of a costly order (above
- * PAGE_ALLOC_COSTLY_ORDER: transparent huge pages, large kmalloc()s) that
- * fail only because no free block of their order is left, with plenty of
- * order-0 memory free.  Each such pass would get a whole balloon block and
- * the balloon would become a huge-page pool.  The shrinker sees no order,
- * only the gfp mask, so it asks whether the allocation is short of memory:
- * no zone @gfp may use, on any node, has order-0 pages free above its low
- * watermark.  Fragmentation is compaction's work, not the balloon's.
- *
- * Return: true if the zones @gfp may use are all below their low watermark.
+ * Return: true if no zone @gfp may use, on any node, has order-0 pages free
+ * above its low watermark.
  */
 static bool vbhp_od_short(gfp_t gfp)
 {
@@ -994,8 +985,35 @@ static bool vbhp_od_short(gfp_t gfp)
 	return true;
 }
 
+/**
+ * vbhp_od_needed() - whether a reclaiming allocation needs the balloon
+ * @gfp: its gfp mask, from struct shrink_control (which has no order)
+ *
+ * Direct reclaim also runs for allocations above PAGE_ALLOC_COSTLY_ORDER
+ * that fail only because no free block of their order is left, with plenty
+ * of order-0 memory free.  Some of them must succeed (a driver's contiguous
+ * DMA buffer), and the balloon holding the free 2 MiB blocks is then why
+ * they fail: they get blocks.  Others are opportunistic and fall back to
+ * smaller pages: a transparent huge page (every THP mask holds all of
+ * GFP_TRANSHUGE_LIGHT) and any caller that asked not to retry
+ * (__GFP_NORETRY: kvmalloc()'s kmalloc() attempt, SLUB's high-order slabs,
+ * large page-cache folios).  Each of their reclaim passes would get a whole
+ * block, and the balloon would become a huge-page pool; they get blocks
+ * only when memory is really short (vbhp_od_short()).
+ *
+ * Return: true if the shrinker may deflate for @gfp.
+ */
+static bool vbhp_od_needed(gfp_t gfp)
+{
+	bool thp = (gfp & GFP_TRANSHUGE_LIGHT) == GFP_TRANSHUGE_LIGHT;
+
+	if (!thp && !(gfp & __GFP_NORETRY))
+		return true;
+	return vbhp_od_short(gfp);
+}
+
 /*
- * Nothing to give while the caller is not short of memory: then
+ * Nothing to give to a caller that does not need it: then
  * vbhp_od_shrink_scan() is not called at all.
  */
 static unsigned long vbhp_od_shrink_count(struct shrinker *shrinker,
@@ -1004,7 +1022,7 @@ static unsigned long vbhp_od_shrink_count(struct shrinker *shrinker,
 	struct vbhp *vb = vbhp_shrinker_private(shrinker);
 
 	if (!vbhp_od_direct_reclaim() || READ_ONCE(vb->test_no_shrinker) ||
-	    !vbhp_od_short(sc->gfp_mask))
+	    !vbhp_od_needed(sc->gfp_mask))
 		return 0;
 	return READ_ONCE(vb->num_pages);
 }
