@@ -232,10 +232,6 @@ def on_demand_no_ping_pong(kernel):
 THP = '/sys/kernel/mm/transparent_hugepage'
 
 
-def vmstat(g):
-    return {k: int(v) for k, v in (line.split() for line in g.sh('cat /proc/vmstat').splitlines())}
-
-
 @test
 def on_demand_thp_keeps_balloon(kernel):
     """Direct reclaim for transparent huge pages (THP and defrag=madvise, a
@@ -253,11 +249,11 @@ def on_demand_thp_keeps_balloon(kernel):
         out = wait_until(lambda: g.sh('cat /tmp/frag.log'), 120,
                          'the fragmenter to hold its memory', ok=lambda o: 'holding' in o)
         assert 'not ok' not in out, out
-        s0, v0, actual = b.stats(), vmstat(g), b.actual()
+        s0, v0, actual = b.stats(), g.vmstat(), b.actual()
         free = g.meminfo()['MemFree'] * 1024
         rc, out = g.run('vbhp_alloc -H -m 256 -c 256', timeout=300)
         assert rc == 0, out
-        s, v = b.stats(), vmstat(g)
+        s, v = b.stats(), g.vmstat()
         d = {k: v[k] - v0.get(k, 0) for k in v}
         stalls = sum(n for k, n in d.items() if k.startswith('allocstall'))
         g.log(f'fragmented ({fill} MiB, half freed), {free // MiB} MiB free before '
