@@ -237,8 +237,8 @@ def on_demand_thp_keeps_balloon(kernel):
     """Direct reclaim for transparent huge pages (THP and defrag=madvise, a
     program touching 256 MiB with MADV_HUGEPAGE) on a fragmented guest
     (vbhp_fragment, compaction held off) with plenty of order-0 memory free:
-    reclaim runs, and the balloon gives back nothing, because no allocation
-    is short of memory; it only lacks free 2 MiB blocks."""
+    reclaim runs, and the balloon gives back nothing: a huge page falls back
+    to 4 KiB pages, and memory is not short, only free 2 MiB blocks are."""
     with balloon_guest(kernel, 2048, deflate_on_oom=True) as g:
         b = Balloon(g)
         b.load()
