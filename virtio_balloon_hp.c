@@ -46,7 +46,11 @@
  * gets blocks below 4 GiB); otherwise it takes the smallest blocks first,
  * as a deflate round does.  Only direct reclaim deflates, one request's
  * worth per reclaim pass; not kswapd, which runs whenever free memory
- * dips (also while the balloon inflates), nor drop_caches.  Reclaim and
+ * dips (also while the balloon inflates), nor drop_caches.  Reclaim for
+ * an opportunistic allocation (a transparent huge page, __GFP_NORETRY)
+ * gets nothing unless every zone it may use is below its low watermark:
+ * on a fragmented guest each of its passes would take a 2 MiB block and
+ * the balloon would become a huge-page pool.  Reclaim and
  * the OOM notifier never block on vbhp->lock (the worker allocates with it
  * held): they trylock and, if an inflate round holds the lock, ask that
  * round to stop; it retries a second later.  After an on-demand deflate
@@ -952,12 +956,90 @@ static bool vbhp_od_direct_reclaim(void)
 	return current->reclaim_state && !current_is_kswapd();
 }
 
+/**
+ * vbhp_od_zone_ok() - whether a zone still serves order-0 allocations
+ * @zone: the zone
+ * @top: the highest zone the allocation may use (its lowmem reserve applies)
+ * @cma: whether the allocation may use free pages in CMA pageblocks (only
+ *	movable ones may)
+ *
+ * The page allocator's fast path takes a page from any zone whose free
+ * pages stay above the low watermark plus the lowmem reserve, as this
+ * counts them; below it kswapd wakes, and below the min watermark an
+ * allocation reclaims itself.
+ *
+ * Return: true if @zone has order-0 pages free above that mark.
+ */
+static bool vbhp_od_zone_ok(struct zone *zone, enum zone_type top, bool cma)
+{
+	long free = zone_page_state(zone, NR_FREE_PAGES);
+
+	if (!populated_zone(zone))
+		return false;
+	if (!cma)
+		free -= zone_page_state(zone, NR_FREE_CMA_PAGES);
+	return free > (long)(low_wmark_pages(zone) + zone->lowmem_reserve[top]);
+}
+
+/**
+ * vbhp_od_short() - whether memory is short for a reclaiming allocation
+ * @gfp: the allocation's gfp mask
+ *
+ * Return: true if no zone @gfp may use, on any node, has order-0 pages free
+ * above its low watermark.
+ */
+static bool vbhp_od_short(gfp_t gfp)
+{
+	enum zone_type top = gfp_zone(gfp), z;
+	bool cma = gfp & __GFP_MOVABLE;
+	int nid;
+
+	for_each_online_node(nid)
+		for (z = 0; z <= top; z++)
+			if (vbhp_od_zone_ok(&NODE_DATA(nid)->node_zones[z], top,
+					    cma))
+				return false;
+	return true;
+}
+
+/**
+ * vbhp_od_needed() - whether a reclaiming allocation needs the balloon
+ * @gfp: its gfp mask, from struct shrink_control (which has no order)
+ *
+ * Direct reclaim also runs for allocations above PAGE_ALLOC_COSTLY_ORDER
+ * that fail only because no free block of their order is left, with plenty
+ * of order-0 memory free.  Some of them must succeed (a driver's contiguous
+ * DMA buffer), and the balloon holding the free 2 MiB blocks is then why
+ * they fail: they get blocks.  Others are opportunistic and fall back to
+ * smaller pages: a transparent huge page (every THP mask holds all of
+ * GFP_TRANSHUGE_LIGHT) and any caller that asked not to retry
+ * (__GFP_NORETRY: kvmalloc()'s kmalloc() attempt, SLUB's high-order slabs,
+ * large page-cache folios).  Each of their reclaim passes would get a whole
+ * block, and the balloon would become a huge-page pool; they get blocks
+ * only when memory is really short (vbhp_od_short()).
+ *
+ * Return: true if the shrinker may deflate for @gfp.
+ */
+static bool vbhp_od_needed(gfp_t gfp)
+{
+	bool thp = (gfp & GFP_TRANSHUGE_LIGHT) == GFP_TRANSHUGE_LIGHT;
+
+	if (!thp && !(gfp & __GFP_NORETRY))
+		return true;
+	return vbhp_od_short(gfp);
+}
+
+/*
+ * Nothing to give to a caller that does not need it: then
+ * vbhp_od_shrink_scan() is not called at all.
+ */
 static unsigned long vbhp_od_shrink_count(struct shrinker *shrinker,
 					  struct shrink_control *sc)
 {
 	struct vbhp *vb = vbhp_shrinker_private(shrinker);
 
-	if (!vbhp_od_direct_reclaim() || READ_ONCE(vb->test_no_shrinker))
+	if (!vbhp_od_direct_reclaim() || READ_ONCE(vb->test_no_shrinker) ||
+	    !vbhp_od_needed(sc->gfp_mask))
 		return 0;
 	return READ_ONCE(vb->num_pages);
 }

@@ -5,11 +5,14 @@
  * the guest must really find the memory (from the balloon, on demand,
  * when it holds the rest).
  *
- * Usage: vbhp_alloc -m MIB [-t SECONDS] [-c CHUNK_MIB]
+ * Usage: vbhp_alloc -m MIB [-t SECONDS] [-c CHUNK_MIB] [-H]
  *   -m MIB        memory to allocate and touch
  *   -t SECONDS    keep going: allocate and touch everything, free it all,
  *                 again, until SECONDS have passed
  *   -c CHUNK_MIB  size of one mmap() (default 64)
+ *   -H            madvise(MADV_HUGEPAGE) each chunk before touching it, so
+ *                 that its faults ask for transparent huge pages (and, with
+ *                 THP defrag=madvise, reclaim and compact for them)
  *
  * Prints "vbhp_alloc: allocated N MiB in X ms" for the first round and,
  * with -t, "vbhp_alloc: R rounds of N MiB in S s" at the end; exits 0.
@@ -27,6 +30,7 @@
 #define MAX_MIB		16777216L	/* 16 TiB: far beyond any test guest */
 
 static long total_mib, chunk_mib = 64, seconds;
+static int huge;
 static char **chunks;
 static long nr_chunks;
 
@@ -58,6 +62,11 @@ static void alloc_all(void)
 		if (chunks[i] == MAP_FAILED) {
 			fprintf(stderr, "vbhp_alloc: error: mmap of %zu MiB after %ld MiB: %s\n",
 				len >> 20, i * chunk_mib, strerror(errno));
+			exit(1);
+		}
+		if (huge && madvise(chunks[i], len, MADV_HUGEPAGE)) {
+			fprintf(stderr, "vbhp_alloc: error: MADV_HUGEPAGE: %s\n",
+				strerror(errno));
 			exit(1);
 		}
 		for (off = 0; off < len; off += PAGE)
@@ -92,21 +101,23 @@ static void parse_args(int argc, char **argv)
 {
 	int opt;
 
-	while ((opt = getopt(argc, argv, "m:t:c:")) != -1) {
+	while ((opt = getopt(argc, argv, "m:t:c:H")) != -1) {
 		if (opt == 'm') {
 			total_mib = parse_num(optarg, MAX_MIB, "-m MIB");
 		} else if (opt == 't') {
 			seconds = parse_num(optarg, 86400, "-t SECONDS");
 		} else if (opt == 'c') {
 			chunk_mib = parse_num(optarg, MAX_MIB, "-c CHUNK_MIB");
+		} else if (opt == 'H') {
+			huge = 1;
 		} else {
-			fprintf(stderr, "usage: %s -m MIB [-t SECONDS] [-c CHUNK_MIB]\n",
+			fprintf(stderr, "usage: %s -m MIB [-t SECONDS] [-c CHUNK_MIB] [-H]\n",
 				argv[0]);
 			exit(2);
 		}
 	}
 	if (!total_mib) {
-		fprintf(stderr, "usage: %s -m MIB [-t SECONDS] [-c CHUNK_MIB]\n",
+		fprintf(stderr, "usage: %s -m MIB [-t SECONDS] [-c CHUNK_MIB] [-H]\n",
 			argv[0]);
 		exit(2);
 	}

@@ -197,8 +197,7 @@ def zoneinfo(g):
 
 def reclaim_events(g):
     """Direct reclaim and compaction stalls so far (/proc/vmstat)."""
-    v = dict(line.split() for line in g.sh('cat /proc/vmstat').splitlines())
-    return sum(int(n) for k, n in v.items()
+    return sum(n for k, n in g.vmstat().items()
                if k.startswith('allocstall_') or k in ('compact_stall', 'pgscan_direct'))
 
 

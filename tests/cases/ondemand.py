@@ -227,3 +227,47 @@ def on_demand_no_ping_pong(kernel):
         assert od_pages(s) * 4096 <= 512 * MiB, s  # it needed 256 MiB and watermarks
         assert s['od_hold'] == 1, s
         back_to_normal(b, 64 * MiB)
+
+
+THP = '/sys/kernel/mm/transparent_hugepage'
+
+
+@test
+def on_demand_thp_keeps_balloon(kernel):
+    """Direct reclaim for transparent huge pages (THP and defrag=madvise, a
+    program touching 256 MiB with MADV_HUGEPAGE) on a fragmented guest
+    (vbhp_fragment, compaction held off) with plenty of order-0 memory free:
+    reclaim runs, and the balloon gives back nothing: a huge page falls back
+    to 4 KiB pages, and memory is not short, only free 2 MiB blocks are."""
+    with balloon_guest(kernel, 2048, deflate_on_oom=True) as g:
+        b = Balloon(g)
+        b.load()
+        b.settle(1024 * MiB)
+        g.sh(f'echo madvise > {THP}/enabled && echo madvise > {THP}/defrag')
+        fill = g.meminfo()['MemFree'] // 1024 - 128
+        g.sh(f'vbhp_fragment -m {fill} -H >/tmp/frag.log 2>&1 &')
+        out = wait_until(lambda: g.sh('cat /tmp/frag.log'), 120,
+                         'the fragmenter to hold its memory', ok=lambda o: 'holding' in o)
+        assert 'not ok' not in out, out
+        s0, v0, actual = b.stats(), g.vmstat(), b.actual()
+        free = g.meminfo()['MemFree'] * 1024
+        rc, out = g.run('vbhp_alloc -H -m 256 -c 256', timeout=300)
+        assert rc == 0, out
+        s, v = b.stats(), g.vmstat()
+        d = {k: v[k] - v0.get(k, 0) for k in v}
+        stalls = sum(n for k, n in d.items() if k.startswith('allocstall'))
+        g.log(f'fragmented ({fill} MiB, half freed), {free // MiB} MiB free before '
+              f'256 MiB of MADV_HUGEPAGE in {ms(out)} ms: {stalls} direct reclaim stalls, '
+              f'thp_fault_alloc {d["thp_fault_alloc"]}, thp_fault_fallback '
+              f'{d["thp_fault_fallback"]}, compact_stall {d.get("compact_stall", 0)}; '
+              f'shrinker {s["od_shrinker_events"] - s0["od_shrinker_events"]} calls, '
+              f'{(s["od_shrinker_pages"] - s0["od_shrinker_pages"]) * 4096 // MiB} MiB '
+              f'given back; actual {actual // MiB} -> {b.actual() // MiB} MiB')
+        # the allocations were never short: over 128 MiB stayed free throughout
+        assert free - 256 * MiB >= 128 * MiB, free
+        assert stalls > 0, d  # reclaim ran, so the shrinker was asked
+        given = (s0['current'] - s['current']) * 4096 // MiB
+        assert od_events(s) == od_events(s0) and not given, f'balloon gave {given} MiB'
+        assert b.actual() == actual, (actual, b.actual())
+        g.sh('killall vbhp_fragment')
+        b.check()

@@ -184,6 +184,11 @@ class Guest:
         return {k: int(v.split()[0]) for k, v in
                 (line.split(':', 1) for line in self.sh('cat /proc/meminfo').splitlines())}
 
+    def vmstat(self):
+        """/proc/vmstat as a dict of ints."""
+        return {k: int(v) for k, v in
+                (line.split() for line in self.sh('cat /proc/vmstat').splitlines())}
+
     def trace(self):
         """QEMU's trace log so far (events of host.trace)."""
         try:
