@@ -41,11 +41,8 @@ def uapi_tags(kernel):
 def proc_stats(g):
     """/proc/meminfo and /proc/vmstat, read in one go, as guest-stats values
     (bytes or counts, keyed as STAT_KEYS)."""
-    text = g.sh('cat /proc/meminfo; echo ==; cat /proc/vmstat')
-    meminfo, vmstat = text.split('==\n')
-    kb = {k: int(v.split()[0]) * 1024 for k, v in
-          (line.split(':', 1) for line in meminfo.splitlines())}
-    vm = {k: int(v) for k, v in (line.split() for line in vmstat.splitlines())}
+    meminfo, vm = g.meminfo_vmstat()
+    kb = {k: v * 1024 for k, v in meminfo.items()}
     page = 4096
     return {
         'stat-swap-in': vm['pswpin'] * page, 'stat-swap-out': vm['pswpout'] * page,

@@ -39,6 +39,17 @@ class BootCrash(RuntimeError):
 started_guests = []  # guests started by the running test; the runner checks and cleans them
 
 
+
+def parse_meminfo(text):
+    """/proc/meminfo text as a dict of ints (kB for the fields measured in kB)."""
+    return {k: int(v.split()[0]) for k, v in (line.split(':', 1) for line in text.splitlines())}
+
+
+def parse_vmstat(text):
+    """/proc/vmstat text as a dict of ints."""
+    return {k: int(v) for k, v in (line.split() for line in text.splitlines())}
+
+
 class Guest:
     """A QEMU guest running a kernel from kernels.list with the initramfs agent.
     Files of each run (initramfs, console.log, qemu.log, sockets) live in a temp
@@ -181,13 +192,17 @@ class Guest:
 
     def meminfo(self):
         """/proc/meminfo as a dict of ints (kB for the fields measured in kB)."""
-        return {k: int(v.split()[0]) for k, v in
-                (line.split(':', 1) for line in self.sh('cat /proc/meminfo').splitlines())}
+        return parse_meminfo(self.sh('cat /proc/meminfo'))
 
     def vmstat(self):
         """/proc/vmstat as a dict of ints."""
-        return {k: int(v) for k, v in
-                (line.split() for line in self.sh('cat /proc/vmstat').splitlines())}
+        return parse_vmstat(self.sh('cat /proc/vmstat'))
+
+    def meminfo_vmstat(self):
+        """/proc/meminfo and /proc/vmstat read in one shell command, as close
+        to the same moment as the guest allows: (meminfo, vmstat)."""
+        meminfo, vmstat = self.sh('cat /proc/meminfo; echo ==; cat /proc/vmstat').split('==\n')
+        return parse_meminfo(meminfo), parse_vmstat(vmstat)
 
     def trace(self):
         """QEMU's trace log so far (events of host.trace)."""
