@@ -33,6 +33,18 @@ mirror_uri() {
     echo "$uri"
 }
 
+# One-line apt sources for Debian suites, each from this machine's mirror
+# for it (a -security suite has its own): "deb URI SUITE main".
+sources_lines() {
+    local s
+    for s in "$@"; do
+        case $s in
+        *-security) echo "deb $(mirror_uri bookworm-security) $s main" ;;
+        *) echo "deb $(mirror_uri bookworm) $s main" ;;
+        esac
+    done
+}
+
 # Prints those of the named packages that are not installed.
 missing_pkgs() {
     local p

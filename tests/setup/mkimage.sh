@@ -67,6 +67,7 @@ INITRAMFS_MODULES=(virtio_pci virtio_blk ext4)
 initramfs_hook() {
     local conf=/etc/initramfs-tools/conf.d/vbhp-image.conf
     local list=/usr/share/initramfs-tools/modules.d/vbhp-image
+    # shellcheck disable=SC2016  # $1 is the hook's: mmdebstrap's shell expands it
     printf 'mkdir -p "$1%s" "$1%s" && echo MODULES=list >"$1%s" && printf "%%s\\n" %s >"$1%s"' \
         "${conf%/*}" "${list%/*}" "$conf" "${INITRAMFS_MODULES[*]}" "$list"
 }
@@ -95,19 +96,14 @@ recipe_text() {
 }
 
 build() {
-    local name=$1 out=$IMAGES/$1 tmp mirror t0=$SECONDS src=() s kver vmlinuz
+    local name=$1 out=$IMAGES/$1 tmp t0=$SECONDS src=() kver vmlinuz
     recipe "$name"
     if [[ -f $out/recipe && $(<"$out/recipe") == "$(recipe_text "$name")" && -f $out/build.txt ]]; then
         log "$name: up to date ($(head -1 "$out/build.txt"))"
         return
     fi
-    for s in $SUITES; do
-        case $s in
-        *-security) mirror=$(mirror_uri bookworm-security) ;;
-        *) mirror=$(mirror_uri bookworm) ;;
-        esac
-        src+=("deb $mirror $s main")
-    done
+    # shellcheck disable=SC2086  # SUITES is a list of words
+    mapfile -t src < <(sources_lines $SUITES)
     tmp=$IMAGES/.$name.tmp
     rm -rf "$tmp" && mkdir -p "$tmp"
     log "$name: mmdebstrap $SUITE ($SUITES)"

@@ -15,12 +15,7 @@ TRIXIE_UPDATED=
 
 # The chroot's apt sources, one-line format, mirrors taken from the host's.
 trixie_sources() {
-    local main security
-    main=$(mirror_uri bookworm) security=$(mirror_uri bookworm-security)
-    echo "deb $main trixie main"
-    echo "deb $main trixie-updates main"
-    echo "deb $security trixie-security main"
-    echo "deb $main trixie-backports main"
+    sources_lines trixie trixie-updates trixie-security trixie-backports
 }
 
 # Make the chroot unless one with the same sources and packages is cached.
