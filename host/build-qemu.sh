@@ -1,6 +1,8 @@
 #!/bin/bash
 # Build the reference host for virtio_balloon_hp: QEMU 10.0 from Debian's
-# source package plus host/patches/*.patch, qemu-system-x86_64 only.
+# source package plus host/patches/*.patch, qemu-system-x86_64 only, with
+# the devices of host/devices.mak and no others, without debug information
+# (together a third less compile time).
 #
 # Result:  .cache/qemu/bin/qemu-system-x86_64  (the patched binary)
 #          .cache/qemu/bin/qemu-hp             (wrapper adding the -L BIOS dirs)
@@ -19,6 +21,7 @@ ROOT=$(cd "$HOST_DIR/.." && pwd)
 CACHE=$ROOT/.cache/qemu
 BIN=$CACHE/bin
 PATCH_DIR=$HOST_DIR/patches
+DEVICES=$HOST_DIR/devices.mak
 SRC_SUITES=${QEMU_SRC_SUITES:-trixie bookworm-backports}
 JOBS=${QEMU_JOBS:-$(nproc)}
 SRC_LIST=/etc/apt/sources.list.d/virtio-balloon-hp-src.sources
@@ -26,7 +29,9 @@ BIOS_DIRS=(/usr/share/qemu /usr/share/seabios)
 CONFIGURE_ARGS=(--python=/usr/bin/python3 --target-list=x86_64-softmmu
                 --without-default-features --enable-kvm --enable-fdt=system
                 --enable-pixman --disable-install-blobs --disable-docs
-                --enable-trace-backends=log)
+                --enable-trace-backends=log
+                --without-default-devices --with-devices-x86_64=vbhp
+                --disable-debug-info --disable-qom-cast-debug)
 # Build dependencies (bookworm, or bookworm-backports where noted) and the
 # packages that ship the firmware the binary loads at run time.
 BUILD_PKGS=(gcc make libc6-dev ninja-build pkg-config python3 python3-venv
@@ -139,6 +144,7 @@ stamp_text() {
     local p
     echo "source: $SRC_DESC"
     echo "configure: ${CONFIGURE_ARGS[*]}"
+    sha256sum "$DEVICES" | sed "s|$HOST_DIR/||"
     for p in "$PATCH_DIR"/*.patch; do
         if [[ -f $p ]]; then
             sha256sum "$p" | sed "s|$PATCH_DIR/||"
@@ -202,6 +208,8 @@ main() {
             die "patch $(basename "$p") does not apply"
     done
 
+    # --with-devices-x86_64=vbhp names a file in QEMU's own configs tree.
+    install -m 0644 "$DEVICES" "$tree/configs/devices/x86_64-softmmu/vbhp.mak"
     mkdir -p "$build"
     log "configure ${CONFIGURE_ARGS[*]}"
     (cd "$build" && "$tree/configure" "${CONFIGURE_ARGS[@]}") >"$CACHE/configure.log" 2>&1 ||
