@@ -77,9 +77,9 @@ def hugetlb_host_gets_huge_pages_back(kernel):
         g.sh('rmmod virtio_balloon_hp')
 
         freed, s = hp_blocks_freed(g, b, 'virtio_balloon_hp', 'page_order=9 whole_blocks=1')
-        assert s['whole_blocks'] == 1 and s['hp_inflate_buffers'] == 0, s
         assert freed >= BALLOON_MIB * 95 // 100, \
             f'only {freed} of {BALLOON_MIB} MiB ballooned came back as host huge pages'
+        assert s['whole_blocks'] == 1 and s['hp_inflate_buffers'] == 0, s
         b.check()
         # Deflate: QEMU only hints the host pages (MADV_WILLNEED, nothing for
         # hugetlb); the guest's next touch faults them back in from the pool.
