@@ -93,7 +93,7 @@ def hugetlb_host_gets_huge_pages_back(kernel):
 
 
 @test
-def hp_hugetlb_host_gets_huge_pages_back(kernel):
+def hp_hugetlb_blocks_free_host_pages(kernel):
     """The reference host (hp blocks of 2 MiB), guest RAM on host 2 MiB
     hugetlb pages: every hp block discards a whole host page."""
     with hugetlb_guest(kernel, hp=True) as g:
