@@ -28,10 +28,14 @@
  * or maps in one piece -- stay in the balloon the longest.
  *
  * Frame numbers travel on the inflate and deflate queues in buffers of at
- * most 256 4 KiB PFNs.  Several buffers may be in flight per queue
- * (max_inflight), so the guest fills the next buffer while the host works
- * on the previous ones; buffers retire in the order they were sent, and a
- * block changes hands only when the buffer holding its last frame retires.
+ * most 256 4 KiB PFNs (or of whole blocks, see Host huge pages).  Several
+ * buffers may be in flight per queue (max_inflight), so the guest fills the
+ * next buffer while the host works on the previous ones; buffers retire in
+ * the order they were sent, and a block changes hands only when the buffer
+ * holding its last frame retires.
+ * Deflated blocks are given back to the page allocator in exactly one place,
+ * vbhp_blk_release_list(), which only ever runs on retired buffers: that is
+ * how VIRTIO_BALLOON_F_MUST_TELL_HOST is honoured.
  *
  * Host huge pages.  A stock QEMU host (4.1 and later, so Debian 12's 7.2)
  * whose guest memory is backed by pages larger than 4 KiB (hugetlbfs)
@@ -47,9 +51,6 @@
  * the first descriptor of a chain (cloud-hypervisor does) would miss the
  * rest, so this stays off by default.  Frames keep their order and blocks
  * still change hands only when their buffer is acknowledged.
- * Deflated blocks are given back to the page allocator in exactly one place,
- * vbhp_blk_release_list(), which only ever runs on retired buffers: that is
- * how VIRTIO_BALLOON_F_MUST_TELL_HOST is honoured.
  *
  * Deflate on demand (VIRTIO_BALLOON_F_DEFLATE_ON_OOM only: without it the
  * balloon never goes below the host's target).  Three triggers give whole
@@ -129,7 +130,7 @@ MODULE_PARM_DESC(page_order,
 static unsigned int max_inflight = 8;
 module_param(max_inflight, uint, 0444);
 MODULE_PARM_DESC(max_inflight,
-		 "Buffers of 256 PFNs in flight per queue (default 8, valid 1-64)");
+		 "Buffers of PFNs in flight per queue (default 8, valid 1-64)");
 
 static bool whole_blocks;
 module_param(whole_blocks, bool, 0444);
@@ -640,9 +641,9 @@ static bool vbhp_xfer_add(struct vbhp *vb, struct page *page, bool inflate)
 	}
 	for (i = 0; i < frames; i += 1UL << x->pfn_order) {
 		if (buf->nr_pfns == x->buf_pfns) {
-			/* the buffer sent holds frames of this block if i */
 			if (!vbhp_xfer_send(vb, x))
 				goto put_back;
+			/* the buffer just sent held frames of this block */
 			sent_part = sent_part || i;
 			if (x->inflight == x->nr_slots && !vbhp_xfer_wait(vb, x))
 				goto put_back;
