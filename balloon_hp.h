@@ -39,6 +39,9 @@
 /* The largest number of buffers one queue may have in flight. */
 #define VBHP_MAX_INFLIGHT	64
 
+/* Descriptors in one buffer's chain at most: a 4 MiB block of 4 KiB frames. */
+#define VBHP_BUF_DESCS		4
+
 /**
  * enum vbhp_xfer_id - the queues that carry frame numbers.
  * @VBHP_XFER_INFLATE: blocks given to the host, as 4 KiB frames.
@@ -150,7 +153,9 @@ enum vbhp_report_stat {
 /**
  * struct vbhp_buf - one buffer of frame numbers, as sent to the host.
  * @pfns: the payload: 4 KiB frame numbers in the device's byte order
- *	(little-endian; guest-native for a legacy device, as the spec says).
+ *	(little-endian; guest-native for a legacy device, as the spec says),
+ *	room for vbhp_xfer.buf_pfns of them; sent as one descriptor per
+ *	VIRTIO_BALLOON_HP_PFNS_PER_BUF.
  * @nr_pfns: how many entries of @pfns are used.
  * @blocks: blocks whose last frame is in this buffer; they change hands
  *	(join the balloon, or go back to the guest) when this buffer and
@@ -160,7 +165,7 @@ enum vbhp_report_stat {
  * Owned by the balloon worker under vbhp->lock.
  */
 struct vbhp_buf {
-	__virtio32 pfns[VIRTIO_BALLOON_HP_PFNS_PER_BUF];
+	__virtio32 *pfns;
 	unsigned int nr_pfns;
 	struct list_head blocks;
 	bool acked;
@@ -172,6 +177,10 @@ struct vbhp_buf {
  * @id: which queue this is.
  * @inflate: blocks on this queue join the balloon (else they leave it).
  * @pfn_order: each frame number names a block of 2^@pfn_order frames.
+ * @whole_blocks: a block never spans two buffers (module parameter
+ *	whole_blocks, 4 KiB queues only).
+ * @buf_pfns: frame numbers a buffer holds: VIRTIO_BALLOON_HP_PFNS_PER_BUF,
+ *	or a whole block of the largest order if that is more.
  * @ring: @nr_slots buffers used in turn.
  * @nr_slots: buffers that may be in flight at once (module parameter).
  * @head: index in @ring of the oldest buffer in flight.
@@ -187,6 +196,8 @@ struct vbhp_xfer {
 	enum vbhp_xfer_id id;
 	bool inflate;
 	unsigned int pfn_order;
+	bool whole_blocks;
+	unsigned int buf_pfns;
 	struct vbhp_buf *ring;
 	unsigned int nr_slots;
 	unsigned int head;

@@ -28,13 +28,29 @@
  * or maps in one piece -- stay in the balloon the longest.
  *
  * Frame numbers travel on the inflate and deflate queues in buffers of at
- * most 256 4 KiB PFNs.  Several buffers may be in flight per queue
- * (max_inflight), so the guest fills the next buffer while the host works
- * on the previous ones; buffers retire in the order they were sent, and a
- * block changes hands only when the buffer holding its last frame retires.
+ * most 256 4 KiB PFNs (or of whole blocks, see Host huge pages).  Several
+ * buffers may be in flight per queue (max_inflight), so the guest fills the
+ * next buffer while the host works on the previous ones; buffers retire in
+ * the order they were sent, and a block changes hands only when the buffer
+ * holding its last frame retires.
  * Deflated blocks are given back to the page allocator in exactly one place,
  * vbhp_blk_release_list(), which only ever runs on retired buffers: that is
  * how VIRTIO_BALLOON_F_MUST_TELL_HOST is honoured.
+ *
+ * Host huge pages.  A stock QEMU host (4.1 and later, so Debian 12's 7.2)
+ * whose guest memory is backed by pages larger than 4 KiB (hugetlbfs)
+ * frees such a page only when one buffer names every 4 KiB frame of it:
+ * it tracks a partly ballooned host page per buffer and forgets it when it
+ * returns the buffer, or as soon as a frame of another host page comes.
+ * With 256 frames a buffer a 2 MiB host page never comes back.  With
+ * whole_blocks=1 a buffer on the 4 KiB queues holds whole blocks: it grows
+ * to 2^page_order frames when that is more than 256, a block that does not
+ * fit in what is left of it goes into the next one, and it travels as one
+ * chain of descriptors of at most 256 frames each (the most a descriptor
+ * may carry, see uapi/linux/virtio_balloon_hp.h).  A host that reads only
+ * the first descriptor of a chain (cloud-hypervisor does) would miss the
+ * rest, so this stays off by default.  Frames keep their order and blocks
+ * still change hands only when their buffer is acknowledged.
  *
  * Deflate on demand (VIRTIO_BALLOON_F_DEFLATE_ON_OOM only: without it the
  * balloon never goes below the host's target).  Three triggers give whole
@@ -114,7 +130,12 @@ MODULE_PARM_DESC(page_order,
 static unsigned int max_inflight = 8;
 module_param(max_inflight, uint, 0444);
 MODULE_PARM_DESC(max_inflight,
-		 "Buffers of 256 PFNs in flight per queue (default 8, valid 1-64)");
+		 "Buffers of PFNs in flight per queue (default 8, valid 1-64)");
+
+static bool whole_blocks;
+module_param(whole_blocks, bool, 0444);
+MODULE_PARM_DESC(whole_blocks,
+		 "Send every block's 4 KiB frames in one buffer (a chain of 1 KiB descriptors), so that a QEMU host backed by huge pages can free them (default 0; not for hosts that read only a buffer's first descriptor)");
 
 static unsigned int reserve_mb;
 module_param(reserve_mb, uint, 0444);
@@ -550,15 +571,24 @@ static inline int vbhp_xfer_test_fail(struct vbhp *vb)
 static bool vbhp_xfer_send(struct vbhp *vb, struct vbhp_xfer *x)
 {
 	struct vbhp_buf *buf = vbhp_xfer_cur(x);
-	struct scatterlist sg;
+	struct scatterlist sg[VBHP_BUF_DESCS];
+	unsigned int i, n, nr_sg;
 	int err;
 
 	lockdep_assert_held(&vb->lock);
 	if (!buf->nr_pfns)
 		return true;
-	sg_init_one(&sg, buf->pfns, buf->nr_pfns * sizeof(buf->pfns[0]));
+	/* one descriptor per VIRTIO_BALLOON_HP_PFNS_PER_BUF frames */
+	nr_sg = DIV_ROUND_UP(buf->nr_pfns, VIRTIO_BALLOON_HP_PFNS_PER_BUF);
+	sg_init_table(sg, nr_sg);
+	for (i = 0; i < nr_sg; i++) {
+		n = min_t(unsigned int, VIRTIO_BALLOON_HP_PFNS_PER_BUF,
+			  buf->nr_pfns - i * VIRTIO_BALLOON_HP_PFNS_PER_BUF);
+		sg_set_buf(&sg[i], buf->pfns + i * VIRTIO_BALLOON_HP_PFNS_PER_BUF,
+			   n * sizeof(buf->pfns[0]));
+	}
 	err = vbhp_xfer_test_fail(vb) ?:
-	      virtqueue_add_outbuf(x->vq, &sg, 1, buf, GFP_KERNEL);
+	      virtqueue_add_outbuf(x->vq, sg, nr_sg, buf, GFP_KERNEL);
 	if (err) {
 		dev_warn_ratelimited(&vb->vdev->dev, "%s buffer not sent: %d\n",
 				     vbhp_xfer_names[x->id], err);
@@ -586,8 +616,10 @@ static struct vbhp_xfer *vbhp_xfer_for(struct vbhp *vb, unsigned int order,
 /*
  * Queue one block on its queue: one frame number per 2^pfn_order frames
  * (every 4 KiB frame, or just the first on an hp queue), sending buffers
- * as they fill up.  False if a buffer could not be sent or the device
- * broke: the block and those queued with it were put back.
+ * as they fill up.  A queue of whole-block buffers starts a new buffer
+ * for a block that does not fit in what is left of the current one, so
+ * the loop below never sends there.  False if a buffer could not be sent
+ * or the device broke: the block and those queued with it were put back.
  */
 static bool vbhp_xfer_add(struct vbhp *vb, struct page *page, bool inflate)
 {
@@ -600,8 +632,15 @@ static bool vbhp_xfer_add(struct vbhp *vb, struct page *page, bool inflate)
 	unsigned long i;
 
 	lockdep_assert_held(&vb->lock);
+	if (x->whole_blocks &&
+	    buf->nr_pfns + (frames >> x->pfn_order) > x->buf_pfns) {
+		if (!vbhp_xfer_send(vb, x) ||
+		    (x->inflight == x->nr_slots && !vbhp_xfer_wait(vb, x)))
+			goto put_back;
+		buf = vbhp_xfer_cur(x);
+	}
 	for (i = 0; i < frames; i += 1UL << x->pfn_order) {
-		if (buf->nr_pfns == VIRTIO_BALLOON_HP_PFNS_PER_BUF) {
+		if (buf->nr_pfns == x->buf_pfns) {
 			if (!vbhp_xfer_send(vb, x))
 				goto put_back;
 			/* the buffer just sent held frames of this block */
@@ -659,14 +698,24 @@ static int vbhp_xfer_setup(struct vbhp *vb, enum vbhp_xfer_id id)
 	x->inflight = 0;
 	x->inflate = id == VBHP_XFER_INFLATE || id == VBHP_XFER_HP_INFLATE;
 	x->pfn_order = id >= VBHP_XFER_HP_INFLATE ? vb->hp_order : 0;
+	x->whole_blocks = whole_blocks && !x->pfn_order;
+	x->buf_pfns = VIRTIO_BALLOON_HP_PFNS_PER_BUF;
+	if (x->whole_blocks)
+		x->buf_pfns = max_t(unsigned int, x->buf_pfns,
+				    vbhp_order_frames(vb->max_order));
 	if (!x->vq)
 		return 0;
 	x->nr_slots = min(max_inflight, virtqueue_get_vring_size(x->vq));
 	x->ring = kcalloc(x->nr_slots, sizeof(*x->ring), GFP_KERNEL);
 	if (!x->ring)
 		return -ENOMEM;
-	for (i = 0; i < x->nr_slots; i++)
+	for (i = 0; i < x->nr_slots; i++) {
 		INIT_LIST_HEAD(&x->ring[i].blocks);
+		x->ring[i].pfns = kcalloc(x->buf_pfns, sizeof(*x->ring[i].pfns),
+					  GFP_KERNEL);
+		if (!x->ring[i].pfns)
+			return -ENOMEM;
+	}
 	return 0;
 }
 
@@ -1743,6 +1792,7 @@ static int vbhp_dbg_stats_show(struct seq_file *f, void *unused)
 	seq_printf(f, "current: %lu\n", READ_ONCE(vb->num_pages));
 	seq_printf(f, "page_order: %u\n", vb->max_order);
 	seq_printf(f, "hp_order: %u\n", vb->hp_order);
+	seq_printf(f, "whole_blocks: %d\n", vb->xfer[VBHP_XFER_INFLATE].whole_blocks);
 	seq_printf(f, "alloc_order: %u\n", READ_ONCE(vb->alloc_order));
 	seq_printf(f, "reserve_pages: %lu\n", vb->reserve_pages);
 	seq_printf(f, "init_on_alloc: %d\n", vb->init_on_alloc);
@@ -1999,11 +2049,15 @@ static void vbhp_dev_del_vqs(struct vbhp *vb)
 
 static void vbhp_dev_free_xfers(struct vbhp *vb)
 {
-	unsigned int i;
+	struct vbhp_xfer *x;
+	unsigned int i, j;
 
 	for (i = 0; i < VBHP_XFER_NUM; i++) {
-		kfree(vb->xfer[i].ring);
-		vb->xfer[i].ring = NULL;
+		x = &vb->xfer[i];
+		for (j = 0; x->ring && j < x->nr_slots; j++)
+			kfree(x->ring[j].pfns);
+		kfree(x->ring);
+		x->ring = NULL;
 	}
 }
 
@@ -2413,6 +2467,13 @@ static int __init vbhp_init(void)
 	if (page_order > MAX_PAGE_ORDER) {
 		pr_err("page_order=%u is invalid: valid range is 0..%u\n",
 		       page_order, MAX_PAGE_ORDER);
+		return -EINVAL;
+	}
+	if (whole_blocks &&
+	    vbhp_order_frames(page_order) > VBHP_BUF_DESCS * VIRTIO_BALLOON_HP_PFNS_PER_BUF) {
+		pr_err("whole_blocks=1 is invalid with page_order=%u: valid page_order is 0..%u\n",
+		       page_order, ilog2(VBHP_BUF_DESCS * VIRTIO_BALLOON_HP_PFNS_PER_BUF) -
+		       (PAGE_SHIFT - VIRTIO_BALLOON_HP_PFN_SHIFT));
 		return -EINVAL;
 	}
 	if (!max_inflight || max_inflight > VBHP_MAX_INFLIGHT) {

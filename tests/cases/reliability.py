@@ -91,3 +91,37 @@ def stats_flow_after_restore(kernel):
         wait_until(b.last_update, 30, 'guest-stats last-update past the resume',
                    ok=lambda t: t > resumed + 1)
         assert b.last_update() > before
+
+
+@test
+def whole_block_buffers_lose_nothing(kernel):
+    """whole_blocks=1 with 1 and 2 buffers in flight: every 4 KiB buffer
+    holds whole 2 MiB blocks (512 frames), refused buffers put their blocks
+    back, targets that split a block are met exactly, rmmod returns all."""
+    with balloon_guest(kernel, 2048, hooks=True) as g:
+        b = Balloon(g)
+        for inflight in (1, 2):
+            b.load(f'page_order=9 whole_blocks=1 max_inflight={inflight}', module=HOOKS_MODULE)
+            s = b.stats()
+            assert s['whole_blocks'] == 1 and s['inflate_max_inflight'] == inflight, s
+            b.settle(1024 * MiB)
+            s = b.stats()
+            # 2 MiB blocks only (no fallback): 512 frames in every buffer
+            assert s['inflate_pfns'] == 1024 * MiB >> 12, s
+            assert s['inflate_buffers'] == s['inflate_pfns'] // 512 or s['fallbacks'], s
+            for size in (768 * MiB, 1536 * MiB):      # inflate, then deflate
+                g.sh(f'echo 3 > {HOOK}fail_sends')
+                b.settle(size)
+                assert g.sh(f'cat {HOOK}fail_sends').strip() == '0', 'not every refusal happened'
+                b.check()
+            for size in (1024 * MiB - 12 * 1024, 1024 * MiB + 8 * 1024):
+                b.settle(size)
+                b.check()
+            s = b.stats()
+            assert s['xfer_errors'] == 6, s
+            g.log(f'max_inflight={inflight}: {s["inflate_buffers"]} inflate buffers of '
+                  f'{s["inflate_pfns"]} frames, {s["deflate_buffers"]} deflate buffers of '
+                  f'{s["deflate_pfns"]} frames')
+            g.sh('rmmod virtio_balloon_hp')
+            assert g.meminfo()['MemTotal'] == b.boot_kb
+            assert b.actual() == 2048 * MiB, b.actual()

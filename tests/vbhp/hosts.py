@@ -2,6 +2,7 @@
 (host/patches, built by host/build-qemu.sh) offering hp blocks.  The one
 place that picks the binary, the accelerator and the balloon device's
 properties."""
+import contextlib
 import os
 import re
 import subprocess
@@ -12,6 +13,7 @@ STOCK_QEMU = 'qemu-system-x86_64'
 HP_QEMU = os.path.join(CACHE, 'qemu', 'bin', 'qemu-hp')  # host/build-qemu.sh
 HP_ORDER = 9
 HP_TRACE = 'virtio_balloon_hp_*'  # the reference host's trace events
+HUGETLB_DIR = '/sys/kernel/mm/hugepages/hugepages-2048kB'  # the host's 2 MiB pool
 
 
 def kvm_usable():
@@ -29,13 +31,16 @@ class Host:
     page_poison: it offers VIRTIO_BALLOON_F_PAGE_POISON (QEMU's default);
     free_page_hint: it offers VIRTIO_BALLOON_F_FREE_PAGE_HINT (with the
     iothread QEMU requires for it);
-    trace: a QEMU trace event pattern to log (Guest.trace() reads it)."""
+    trace: a QEMU trace event pattern to log (Guest.trace() reads it);
+    hugetlb: guest RAM backed by the host's 2 MiB hugetlb pages (a memfd
+    backend; the pool must hold them: hugetlb_pool())."""
 
     def __init__(self, hp=False, deflate_on_oom=False, trace=None, reporting=False,
-                 page_poison=True, free_page_hint=False):
+                 page_poison=True, free_page_hint=False, hugetlb=False):
         self.hp, self.deflate_on_oom, self.trace = hp, deflate_on_oom, trace
         self.reporting, self.page_poison = reporting, page_poison
         self.free_page_hint = free_page_hint
+        self.hugetlb = hugetlb
         self.qemu = HP_QEMU if hp else STOCK_QEMU
 
     def balloon_device(self):
@@ -56,6 +61,9 @@ class Host:
                 '-device', self.balloon_device()]
         if self.free_page_hint:
             argv += ['-object', 'iothread,id=vbhp-io']
+        if self.hugetlb:
+            argv += ['-object', f'memory-backend-memfd,id=vbhp-ram,size={mem_mib}M,'
+                     'hugetlb=on,hugetlbsize=2M', '-machine', 'memory-backend=vbhp-ram']
         if self.trace:
             argv += ['-d', f'trace:{self.trace}', '-D', trace_log]
         return argv
@@ -64,3 +72,27 @@ class Host:
         """First line of the binary's --version."""
         out = subprocess.run([self.qemu, '--version'], capture_output=True, text=True).stdout
         return out.splitlines()[0]
+
+
+def hugetlb_free():
+    """Free pages in the host's 2 MiB hugetlb pool."""
+    with open(os.path.join(HUGETLB_DIR, 'free_hugepages')) as f:
+        return int(f.read())
+
+
+@contextlib.contextmanager
+def hugetlb_pool(pages):
+    """Grow the host's 2 MiB hugetlb pool by @pages for the duration (root
+    only), and shrink it back to what it was after; yields the pages the
+    kernel really added (fewer when host memory is fragmented)."""
+    path = os.path.join(HUGETLB_DIR, 'nr_hugepages')
+    with open(path) as f:
+        old = int(f.read())
+    try:
+        with open(path, 'w') as f:
+            f.write(str(old + pages))
+        with open(path) as f:
+            yield int(f.read()) - old
+    finally:
+        with open(path, 'w') as f:
+            f.write(str(old))

@@ -10,7 +10,8 @@
  * virtio-balloon protocol (include/uapi/linux/virtio_balloon.h): every
  * block of 2^order pages goes out as 2^order consecutive 4 KiB frame
  * numbers (le32) on the inflate or deflate queue, at most
- * VIRTIO_BALLOON_HP_PFNS_PER_BUF of them per buffer.
+ * VIRTIO_BALLOON_HP_PFNS_PER_BUF of them per descriptor (per buffer,
+ * unless the module parameter whole_blocks chains descriptors).
  */
 #ifndef _UAPI_LINUX_VIRTIO_BALLOON_HP_H
 #define _UAPI_LINUX_VIRTIO_BALLOON_HP_H
@@ -22,8 +23,9 @@
 #define VIRTIO_BALLOON_HP_PFN_SHIFT	12
 
 /*
- * Largest buffer: 256 le32 frame numbers (1 KiB).  cloud-hypervisor rejects
- * longer inflate/deflate descriptors, so no host may be sent more.
+ * Largest descriptor: 256 le32 frame numbers (1 KiB).  cloud-hypervisor
+ * rejects longer inflate/deflate descriptors, so no host may be sent more
+ * in one; it also reads only a buffer's first descriptor.
  */
 #define VIRTIO_BALLOON_HP_PFNS_PER_BUF	256
 
