@@ -42,14 +42,17 @@
  * frees such a page only when one buffer names every 4 KiB frame of it:
  * it tracks a partly ballooned host page per buffer and forgets it when it
  * returns the buffer, or as soon as a frame of another host page comes.
- * With 256 frames a buffer a 2 MiB host page never comes back.  With
- * whole_blocks=1 a buffer on the 4 KiB queues holds whole blocks: it grows
+ * With 256 frames a buffer a 2 MiB host page never comes back.  So (with
+ * whole_blocks=1, the default) a buffer on the 4 KiB queues holds whole
+ * blocks: it grows
  * to 2^page_order frames when that is more than 256, a block that does not
  * fit in what is left of it goes into the next one, and it travels as one
  * chain of descriptors of at most 256 frames each (the most a descriptor
- * may carry, see uapi/linux/virtio_balloon_hp.h).  A host that reads only
- * the first descriptor of a chain (cloud-hypervisor does) would miss the
- * rest, so this stays off by default.  Frames keep their order and blocks
+ * may carry, see uapi/linux/virtio_balloon_hp.h).  The spec forbids a
+ * device to assume any arrangement of a buffer's descriptors; a host that
+ * reads only the first one anyway (cloud-hypervisor's balloon, as read)
+ * would miss the rest and wants whole_blocks=0.  Frames keep their order
+ * and blocks
  * still change hands only when their buffer is acknowledged.
  *
  * Deflate on demand (VIRTIO_BALLOON_F_DEFLATE_ON_OOM only: without it the
@@ -132,10 +135,10 @@ module_param(max_inflight, uint, 0444);
 MODULE_PARM_DESC(max_inflight,
 		 "Buffers of PFNs in flight per queue (default 8, valid 1-64)");
 
-static bool whole_blocks;
+static bool whole_blocks = true;
 module_param(whole_blocks, bool, 0444);
 MODULE_PARM_DESC(whole_blocks,
-		 "Send every block's 4 KiB frames in one buffer (a chain of 1 KiB descriptors), so that a QEMU host backed by huge pages can free them (default 0; not for hosts that read only a buffer's first descriptor)");
+		 "Send every block's 4 KiB frames in one buffer (a chain of 1 KiB descriptors), so that a QEMU host backed by huge pages can free them (default 1; 0 = at most 256 frames a buffer, for hosts that read only a buffer's first descriptor)");
 
 static unsigned int reserve_mb;
 module_param(reserve_mb, uint, 0444);

@@ -95,7 +95,7 @@ def stats_flow_after_restore(kernel):
 
 @test
 def whole_block_buffers_lose_nothing(kernel):
-    """whole_blocks=1 with 1 and 2 buffers in flight: every 4 KiB buffer
+    """whole_blocks=1 (the default) with 1 and 2 buffers in flight: every 4 KiB buffer
     holds whole 2 MiB blocks (512 frames), refused buffers put their blocks
     back, targets that split a block are met exactly, rmmod returns all."""
     with balloon_guest(kernel, 2048, hooks=True) as g:

@@ -10,8 +10,9 @@
  * virtio-balloon protocol (include/uapi/linux/virtio_balloon.h): every
  * block of 2^order pages goes out as 2^order consecutive 4 KiB frame
  * numbers (le32) on the inflate or deflate queue, at most
- * VIRTIO_BALLOON_HP_PFNS_PER_BUF of them per descriptor (per buffer,
- * unless the module parameter whole_blocks chains descriptors).
+ * VIRTIO_BALLOON_HP_PFNS_PER_BUF of them per descriptor (a buffer chains
+ * descriptors to hold whole blocks, unless the module parameter
+ * whole_blocks is 0).
  */
 #ifndef _UAPI_LINUX_VIRTIO_BALLOON_HP_H
 #define _UAPI_LINUX_VIRTIO_BALLOON_HP_H
