@@ -5,8 +5,9 @@
  * Lock order: vbhp_ioc_lock (mutex, the misc device's binding to a
  * balloon), then vbhp->lock (mutex, one balloon operation at a time), then
  * vbhp->stop_lock (spinlock, only around the "stopping" flag and work
- * queueing).  Reclaim (the shrinker) and the OOM notifier only ever
- * trylock vbhp->lock.
+ * queueing) or vbhp->fill_lock (spinlock, the hand-off from the inflate
+ * workers; the workers take it without vbhp->lock).  Reclaim (the
+ * shrinker) and the OOM notifier only ever trylock vbhp->lock.
  * Counters in vbhp->stats are atomic and read without locks.
  */
 #ifndef _VBHP_BALLOON_HP_H
@@ -41,6 +42,12 @@
 
 /* Descriptors in one buffer's chain at most: a 4 MiB block of 4 KiB frames. */
 #define VBHP_BUF_DESCS		4
+
+/* The most inflate workers inflate_workers may ask for. */
+#define VBHP_MAX_FILLERS	64
+
+/* inflate_workers=0 (the default): one per online CPU, at most this many. */
+#define VBHP_AUTO_FILLERS	16
 
 /**
  * enum vbhp_xfer_id - the queues that carry frame numbers.
@@ -95,6 +102,8 @@ enum vbhp_xfer_stat {
  *	notifier or the ioctl wanted memory back (retried a second later).
  * @VBHP_STAT_XFER_ERR: buffers the virtqueue refused (a broken device, or
  *	no room to map them for DMA); their blocks were put back.
+ * @VBHP_STAT_FILL_UNUSED: blocks the inflate workers allocated that their
+ *	round did not send (it stopped early) and freed again.
  * @VBHP_STAT_NUM: number of device-wide counters.
  */
 enum vbhp_stat {
@@ -104,6 +113,7 @@ enum vbhp_stat {
 	VBHP_STAT_OD_BELOW_4G,
 	VBHP_STAT_OD_ABORT,
 	VBHP_STAT_XFER_ERR,
+	VBHP_STAT_FILL_UNUSED,
 	VBHP_STAT_NUM,
 };
 
@@ -206,6 +216,26 @@ struct vbhp_xfer {
 };
 
 /**
+ * struct vbhp_filler - one inflate worker: allocates (and, with
+ *	init_on_alloc, zeroes) blocks on its own CPU and hands them to the
+ *	balloon worker, which alone sends them to the host.
+ * @vb: the balloon it works for.
+ * @work: runs vbhp_fill_fn() on @vb->fill_wq.
+ * @cpu: the CPU it is queued on (its NUMA node is where it allocates).
+ * @task: the task running @work, or NULL; written by the worker itself,
+ *	read locklessly by reclaim (vbhp_od_trylock()) to recognise the
+ *	balloon's own allocations.
+ * @blocks: blocks this worker allocated, ever; atomic.
+ */
+struct vbhp_filler {
+	struct vbhp *vb;
+	struct work_struct work;
+	int cpu;
+	struct task_struct *task;
+	atomic64_t blocks;
+};
+
+/**
  * struct vbhp - one virtio-balloon device driven by this module.
  * @vdev: the virtio device.
  * @lock: serialises balloon operations (inflate, deflate, teardown); taken
@@ -224,7 +254,8 @@ struct vbhp_xfer {
  *	"actual" reports); written under @lock.
  * @reported: the value of @num_pages last written to "actual"; under @lock.
  * @alloc_order: order the current inflate round allocates at; drops on
- *	failure and climbs back to @max_order at each new round; under @lock.
+ *	failure and climbs back to @max_order at each new round; under @lock,
+ *	and under @fill_lock too while inflate workers run.
  * @max_order: the largest block order this device uses: page_order, or
  *	the host's hp_block_order if that is smaller.
  * @hp_order: blocks of this order go on the hp queues; 0 without
@@ -248,6 +279,22 @@ struct vbhp_xfer {
  * @inflater: the task running an inflate round (so that its own
  *	allocations reaching the shrinker are recognised), or NULL; written
  *	under @lock, read locklessly.
+ * @nr_fillers: inflate workers (inflate_workers, resolved at probe); 1 =
+ *	the balloon worker allocates alone and @fillers is not used.
+ * @fillers: the inflate workers, @nr_fillers of them when more than one.
+ * @fill_wq: unbound workqueue the inflate workers run on (not freezable: a
+ *	round that started before a freeze must be able to end).
+ * @fill_lock: protects @fill_list, @fill_want, @fill_left, @fill_running,
+ *	@fill_stop and, during a round, @alloc_order.
+ * @fill_list: blocks allocated by the workers, not yet queued for the host.
+ * @fill_want: 4 KiB frames still wanted to reach the target (block sizes
+ *	follow it, so the end of a round does not cut blocks short).
+ * @fill_left: 4 KiB frames this round may still claim (round_frames at
+ *	most).
+ * @fill_running: workers of this round that have not finished.
+ * @fill_stop: the round wants no more blocks (enough, memory short, the
+ *	device broke, or on-demand deflate asked for it).
+ * @fill_wait: the balloon worker waits here for blocks or the workers' end.
  * @shrinker: gives blocks back to direct reclaim (with @deflate_on_oom).
  * @oom_nb: gives blocks back before an OOM kill (with @deflate_on_oom).
  * @od_stats: per-trigger counters, enum vbhp_od_stat.
@@ -309,6 +356,16 @@ struct vbhp {
 	atomic_t config_gen;
 	bool od_abort;
 	struct task_struct *inflater;
+	unsigned int nr_fillers;
+	struct vbhp_filler *fillers;
+	struct workqueue_struct *fill_wq;
+	spinlock_t fill_lock;		/* the workers' hand-off */
+	struct list_head fill_list;
+	unsigned long fill_want;
+	unsigned long fill_left;
+	unsigned int fill_running;
+	bool fill_stop;
+	wait_queue_head_t fill_wait;
 	struct shrinker *shrinker;
 	struct notifier_block oom_nb;
 	atomic64_t od_stats[VBHP_OD_NUM][VBHP_ODSTAT_NUM];

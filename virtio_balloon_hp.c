@@ -22,6 +22,16 @@
  * deflate that must end on a frame count smaller than the smallest held
  * block splits one block into order-0 pages (split_page()).
  *
+ * Allocating is most of an inflate's cost when the kernel zeroes what it
+ * allocates (init_on_alloc=1), so with inflate_workers > 1 a round's blocks
+ * are allocated by that many workers at once, on CPUs spread over the NUMA
+ * nodes, each from its own node (vbhp_fill_*).  They hand blocks over in
+ * batches; the balloon worker alone queues them on the one transfer
+ * pipeline below, in the order they arrive, so every rule of that pipeline
+ * holds as with one allocating task.  A block is allocated by one worker
+ * and handed over once; a round that stops early (memory short, the device
+ * broke, on-demand deflate) frees what was handed over and not sent.
+ *
  * Deflating takes the smallest blocks first: they are the fallback blocks
  * taken from fragmented memory, giving them back lets the guest's buddy
  * allocator merge them again, and the big blocks -- the ones a host backs
@@ -145,6 +155,11 @@ module_param(reserve_mb, uint, 0444);
 MODULE_PARM_DESC(reserve_mb,
 		 "Memory in MiB that inflation always leaves available to the guest (default 0 = automatic: 1/32 of RAM, 32 to 1024 MiB)");
 
+static unsigned int inflate_workers;
+module_param(inflate_workers, uint, 0444);
+MODULE_PARM_DESC(inflate_workers,
+		 "Inflate workers allocating (and zeroing) blocks on as many CPUs at once (default 0 = one per online CPU, at most 16; 1 = the balloon worker allocates alone; valid 0-64)");
+
 /* Balloon allocations fail fast and quietly instead of pressing the guest. */
 #define VBHP_GFP_QUIET	(__GFP_NORETRY | __GFP_NOWARN | __GFP_NOMEMALLOC)
 
@@ -163,6 +178,9 @@ MODULE_PARM_DESC(reserve_mb,
 
 /* The first frame above 4 GiB (32-bit DMA). */
 #define VBHP_4G_PFN		(1UL << (32 - PAGE_SHIFT))
+
+/* Inflate workers hand blocks over at least every 2 MiB they allocate. */
+#define VBHP_FILL_BATCH		(2UL << (20 - VIRTIO_BALLOON_HP_PFN_SHIFT))
 
 /* How long an inflate that found no memory waits before trying again. */
 #define VBHP_RETRY_DELAY	HZ
@@ -192,6 +210,7 @@ static const char * const vbhp_stat_names[VBHP_STAT_NUM] = {
 	[VBHP_STAT_OD_BELOW_4G] = "od_below_4g_pages",
 	[VBHP_STAT_OD_ABORT] = "od_inflate_aborts",
 	[VBHP_STAT_XFER_ERR] = "xfer_errors",
+	[VBHP_STAT_FILL_UNUSED] = "fill_unused",
 };
 
 static const char * const vbhp_report_stat_names[VBHP_RSTAT_NUM] = {
@@ -814,6 +833,245 @@ static struct page *vbhp_inflate_get_block(struct vbhp *vb,
 	}
 }
 
+/* ---- inflate workers: allocating on several CPUs at once ---- */
+
+/* Whether the current task is one of @vb's inflate workers. */
+static bool vbhp_fill_is_worker(struct vbhp *vb)
+{
+	unsigned int i;
+
+	for (i = 0; vb->fillers && i < vb->nr_fillers; i++)
+		if (READ_ONCE(vb->fillers[i].task) == current)
+			return true;
+	return false;
+}
+
+/*
+ * Claim the next block of the round for a worker: returns its order, or -1
+ * when the round wants no more.  The order follows what is still wanted,
+ * as vbhp_inflate_get_block() does, and the round's shared @alloc_order.
+ */
+static int vbhp_fill_claim(struct vbhp *vb)
+{
+	int order = -1;
+
+	spin_lock(&vb->fill_lock);
+	if (!vb->fill_stop && vb->fill_left && vb->fill_want &&
+	    !READ_ONCE(vb->od_abort)) {
+		order = min_t(unsigned int, vb->alloc_order,
+			      ilog2(vb->fill_want));
+		vb->fill_want -= vbhp_order_frames(order);
+		vb->fill_left -= min(vb->fill_left, vbhp_order_frames(order));
+	}
+	spin_unlock(&vb->fill_lock);
+	return order;
+}
+
+/*
+ * A claimed block of @order was not had: give its frames back.  @short
+ * (the reserve was hit) or a failure at order 0 ends the round; otherwise
+ * the round, all of its workers, drops to the next lower order.
+ */
+static void vbhp_fill_unclaim(struct vbhp *vb, unsigned int order,
+			      bool short_of_memory)
+{
+	spin_lock(&vb->fill_lock);
+	vb->fill_want += vbhp_order_frames(order);
+	vb->fill_left += vbhp_order_frames(order);
+	if (short_of_memory || !order) {
+		vb->fill_stop = true;
+	} else if (vb->alloc_order >= order) {
+		vb->alloc_order = order - 1;
+		vbhp_count(&vb->stats[VBHP_STAT_FALLBACK], 1);
+	}
+	spin_unlock(&vb->fill_lock);
+}
+
+/* Hand a worker's batch to the balloon worker; @last: the worker is done. */
+static void vbhp_fill_hand_over(struct vbhp *vb, struct list_head *batch,
+				bool last)
+{
+	spin_lock(&vb->fill_lock);
+	list_splice_tail_init(batch, &vb->fill_list);
+	if (last)
+		vb->fill_running--;
+	spin_unlock(&vb->fill_lock);
+	wake_up(&vb->fill_wait);
+}
+
+/* One inflate worker: allocate claimed blocks until the round is done. */
+static void vbhp_fill_fn(struct work_struct *work)
+{
+	struct vbhp_filler *f = container_of(work, struct vbhp_filler, work);
+	struct vbhp *vb = f->vb;
+	unsigned long batched = 0;
+	unsigned int noio;
+	struct page *page;
+	LIST_HEAD(batch);
+	int order;
+
+	WRITE_ONCE(f->task, current);
+	/* The balloon worker waits for us with vb->lock held: no I/O reclaim. */
+	noio = memalloc_noio_save();
+	while ((order = vbhp_fill_claim(vb)) >= 0) {
+		if (vbhp_inflate_reserve_hit(vb, order)) {
+			vbhp_fill_unclaim(vb, order, true);
+			continue;
+		}
+		page = vbhp_blk_alloc(vb, order);
+		if (!page) {
+			vbhp_fill_unclaim(vb, order, false);
+			continue;
+		}
+		list_add_tail(&page->lru, &batch);
+		vbhp_count(&f->blocks, 1);
+		batched += vbhp_order_frames(order);
+		if (batched >= VBHP_FILL_BATCH) {
+			vbhp_fill_hand_over(vb, &batch, false);
+			batched = 0;
+		}
+	}
+	memalloc_noio_restore(noio);
+	WRITE_ONCE(f->task, NULL);
+	vbhp_fill_hand_over(vb, &batch, true);
+}
+
+/*
+ * The CPU for worker @i: the workers go round the online NUMA nodes, and
+ * round the online CPUs within each node.
+ */
+static int vbhp_fill_cpu(unsigned int i)
+{
+	unsigned int n = i % num_online_nodes(), k;
+	int nid, cpu;
+
+	for_each_online_node(nid)
+		if (!n--)
+			break;
+	k = i / num_online_nodes();
+	k %= max(1U, cpumask_weight_and(cpumask_of_node(nid),
+					cpu_online_mask));
+	for_each_cpu_and(cpu, cpumask_of_node(nid), cpu_online_mask)
+		if (!k--)
+			return cpu;
+	return raw_smp_processor_id();
+}
+
+/* Start a round of the workers toward @want frames, @left at most. */
+static void vbhp_fill_start(struct vbhp *vb, unsigned long want,
+			    unsigned long left)
+{
+	unsigned int i;
+
+	spin_lock(&vb->fill_lock);
+	vb->fill_want = want;
+	vb->fill_left = left;
+	vb->fill_stop = false;
+	vb->fill_running = vb->nr_fillers;
+	spin_unlock(&vb->fill_lock);
+	for (i = 0; i < vb->nr_fillers; i++) {
+		vb->fillers[i].cpu = vbhp_fill_cpu(i);
+		queue_work_on(vb->fillers[i].cpu, vb->fill_wq,
+			      &vb->fillers[i].work);
+	}
+}
+
+/*
+ * Move what the workers handed over to @blocks; sets @done once they have
+ * all finished.  True when there is something to do.
+ */
+static bool vbhp_fill_take(struct vbhp *vb, struct list_head *blocks,
+			   bool *done)
+{
+	spin_lock(&vb->fill_lock);
+	list_splice_tail_init(&vb->fill_list, blocks);
+	*done = !vb->fill_running;
+	spin_unlock(&vb->fill_lock);
+	return *done || !list_empty(blocks);
+}
+
+static void vbhp_fill_stop(struct vbhp *vb)
+{
+	spin_lock(&vb->fill_lock);
+	vb->fill_stop = true;
+	spin_unlock(&vb->fill_lock);
+}
+
+/* A block the round will not send: back to the page allocator. */
+static void vbhp_fill_drop(struct vbhp *vb, struct page *page)
+{
+	vbhp_blk_free(vb, page);
+	vbhp_count(&vb->stats[VBHP_STAT_FILL_UNUSED], 1);
+}
+
+/*
+ * One inflate round with the workers allocating: queue what they hand
+ * over, as it arrives, until they are done.  Returns when every block
+ * they allocated has been queued or freed.
+ */
+static void vbhp_fill_round(struct vbhp *vb, unsigned long want,
+			    unsigned long left)
+{
+	struct page *page, *next;
+	LIST_HEAD(blocks);
+	bool done, ok = true;
+
+	lockdep_assert_held(&vb->lock);
+	vbhp_fill_start(vb, want, left);
+	do {
+		wait_event(vb->fill_wait, vbhp_fill_take(vb, &blocks, &done));
+		list_for_each_entry_safe(page, next, &blocks, lru) {
+			list_del(&page->lru);
+			if (ok && !READ_ONCE(vb->od_abort))
+				ok = vbhp_xfer_add(vb, page, true);
+			else
+				vbhp_fill_drop(vb, page);
+		}
+		if (!ok || READ_ONCE(vb->od_abort))
+			vbhp_fill_stop(vb);
+	} while (!done);
+}
+
+/* Resolve inflate_workers and set the workers up (none for one). */
+static int vbhp_fill_init(struct vbhp *vb)
+{
+	unsigned int i;
+
+	vb->nr_fillers = inflate_workers ?:
+			 min_t(unsigned int, num_online_cpus(),
+			       VBHP_AUTO_FILLERS);
+	spin_lock_init(&vb->fill_lock);
+	INIT_LIST_HEAD(&vb->fill_list);
+	init_waitqueue_head(&vb->fill_wait);
+	if (vb->nr_fillers == 1)
+		return 0;
+	vb->fillers = kcalloc(vb->nr_fillers, sizeof(*vb->fillers),
+			      GFP_KERNEL);
+	if (!vb->fillers)
+		return -ENOMEM;
+	vb->fill_wq = alloc_workqueue("vbhp_fill", WQ_UNBOUND,
+				      vb->nr_fillers);
+	if (!vb->fill_wq)
+		goto out_free_fillers;
+	for (i = 0; i < vb->nr_fillers; i++) {
+		vb->fillers[i].vb = vb;
+		INIT_WORK(&vb->fillers[i].work, vbhp_fill_fn);
+	}
+	return 0;
+
+out_free_fillers:
+	kfree(vb->fillers);
+	vb->fillers = NULL;
+	return -ENOMEM;
+}
+
+static void vbhp_fill_exit(struct vbhp *vb)
+{
+	if (vb->fill_wq)
+		destroy_workqueue(vb->fill_wq);
+	kfree(vb->fillers);
+}
+
 /*
  * Inflate toward @frames more, stopping after one round's worth; returns
  * how many frames the host accepted.
@@ -831,7 +1089,9 @@ static unsigned long vbhp_inflate(struct vbhp *vb, unsigned long frames)
 	 */
 	noio = memalloc_noio_save();
 	vb->alloc_order = vb->max_order;
-	while (queued < min(frames, vb->round_frames) &&
+	if (vb->nr_fillers > 1)
+		vbhp_fill_round(vb, frames, min(frames, vb->round_frames));
+	while (vb->nr_fillers == 1 && queued < min(frames, vb->round_frames) &&
 	       !READ_ONCE(vb->od_abort)) {
 		page = vbhp_inflate_get_block(vb, frames - queued);
 		if (!page)
@@ -993,7 +1253,7 @@ static bool vbhp_od_trylock(struct vbhp *vb)
 	if (mutex_trylock(&vb->lock))
 		return true;
 	inflater = READ_ONCE(vb->inflater);
-	if (inflater && inflater != current)
+	if (inflater && inflater != current && !vbhp_fill_is_worker(vb))
 		WRITE_ONCE(vb->od_abort, true);
 	return false;
 }
@@ -1797,6 +2057,7 @@ static int vbhp_dbg_stats_show(struct seq_file *f, void *unused)
 	seq_printf(f, "hp_order: %u\n", vb->hp_order);
 	seq_printf(f, "whole_blocks: %d\n", vb->xfer[VBHP_XFER_INFLATE].whole_blocks);
 	seq_printf(f, "alloc_order: %u\n", READ_ONCE(vb->alloc_order));
+	seq_printf(f, "inflate_workers: %u\n", vb->nr_fillers);
 	seq_printf(f, "reserve_pages: %lu\n", vb->reserve_pages);
 	seq_printf(f, "init_on_alloc: %d\n", vb->init_on_alloc);
 	seq_printf(f, "init_on_free: %d\n", vb->init_on_free);
@@ -1814,6 +2075,9 @@ static int vbhp_dbg_stats_show(struct seq_file *f, void *unused)
 	for (s = 0; s < VBHP_STAT_NUM; s++)
 		seq_printf(f, "%s: %lld\n", vbhp_stat_names[s],
 			   atomic64_read(&vb->stats[s]));
+	for (i = 0; vb->fillers && i < vb->nr_fillers; i++)
+		seq_printf(f, "inflate_worker%u_blocks: %lld\n", i,
+			   atomic64_read(&vb->fillers[i].blocks));
 	vbhp_dbg_show_od(f, vb);
 	vbhp_dbg_show_report(f, vb);
 	vbhp_dbg_show_orders(f, vb);
@@ -2267,19 +2531,22 @@ static int vbhp_probe(struct virtio_device *vdev)
 	vb->round_frames = max(VBHP_ROUND_FRAMES,
 			       (unsigned long)VIRTIO_BALLOON_HP_PFNS_PER_BUF <<
 			       vb->hp_order);
-	err = vbhp_dev_setup(vb);
+	err = vbhp_fill_init(vb);
 	if (err)
 		goto out_free_vb;
+	err = vbhp_dev_setup(vb);
+	if (err)
+		goto out_fill_exit;
 	err = vbhp_od_init(vb);
 	if (err)
 		goto out_teardown;
 	vbhp_ioc_bind(vb);
 	vbhp_dbg_init(vb);
 	vbhp_dev_start(vb);
-	dev_info(&vdev->dev, "blocks of order %u, %s, %u buffers in flight, reserve %lu MiB%s%s\n",
+	dev_info(&vdev->dev, "blocks of order %u, %s, %u buffers in flight, %u inflate workers, reserve %lu MiB%s%s\n",
 		 vb->max_order,
 		 vb->hp_order ? "one frame number per block" : "4 KiB frames",
-		 vb->xfer[VBHP_XFER_INFLATE].nr_slots,
+		 vb->xfer[VBHP_XFER_INFLATE].nr_slots, vb->nr_fillers,
 		 vb->reserve_pages >> (20 - PAGE_SHIFT),
 		 vb->deflate_on_oom ? ", deflate on demand" : "",
 		 vb->report_on ? ", free page reporting" : "");
@@ -2287,6 +2554,8 @@ static int vbhp_probe(struct virtio_device *vdev)
 
 out_teardown:
 	vbhp_dev_teardown(vb);
+out_fill_exit:
+	vbhp_fill_exit(vb);
 out_free_vb:
 	kfree(vb);
 	return err;
@@ -2301,6 +2570,7 @@ static void vbhp_remove(struct virtio_device *vdev)
 	vbhp_ioc_unbind(vb);
 	vbhp_od_exit(vb);
 	vbhp_dev_teardown(vb);
+	vbhp_fill_exit(vb);
 	kfree(vb);
 }
 
@@ -2482,6 +2752,11 @@ static int __init vbhp_init(void)
 	if (!max_inflight || max_inflight > VBHP_MAX_INFLIGHT) {
 		pr_err("max_inflight=%u is invalid: valid range is 1..%u\n",
 		       max_inflight, VBHP_MAX_INFLIGHT);
+		return -EINVAL;
+	}
+	if (inflate_workers > VBHP_MAX_FILLERS) {
+		pr_err("inflate_workers=%u is invalid: valid range is 0..%u\n",
+		       inflate_workers, VBHP_MAX_FILLERS);
 		return -EINVAL;
 	}
 	err = misc_register(&vbhp_ioc_misc);

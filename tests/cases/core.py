@@ -63,7 +63,9 @@ def bad_parameters_refuse_load(kernel):
         for param, msg in (('page_order=11', 'page_order=11 is invalid: valid range is 0..10'),
                            ('page_order=64', 'page_order=64 is invalid'),
                            ('max_inflight=0', 'max_inflight=0 is invalid: valid range is 1..64'),
-                           ('max_inflight=65', 'max_inflight=65 is invalid')):
+                           ('max_inflight=65', 'max_inflight=65 is invalid'),
+                           ('inflate_workers=65',
+                            'inflate_workers=65 is invalid: valid range is 0..64')):
             rc, out = g.run(f'insmod {MODULE} {param}')
             assert rc != 0, f'insmod {param} succeeded'
             assert msg in g.sh('dmesg'), f'no "{msg}" in dmesg'
