@@ -92,6 +92,10 @@ enum vbhp_xfer_stat {
  *	notifier or the ioctl wanted memory back (retried a second later).
  * @VBHP_STAT_XFER_ERR: buffers the virtqueue refused (a broken device, or
  *	no room to map them for DMA); their blocks were put back.
+ * @VBHP_STAT_MIGRATE: ballooned order-0 pages the kernel migrated (the
+ *	host was told of the new page, then of the old one).
+ * @VBHP_STAT_MIGRATE_BUSY: migrations refused because the balloon was busy
+ *	(its lock held, or the device not ready); the kernel retries them.
  * @VBHP_STAT_NUM: number of device-wide counters.
  */
 enum vbhp_stat {
@@ -101,6 +105,8 @@ enum vbhp_stat {
 	VBHP_STAT_OD_BELOW_4G,
 	VBHP_STAT_OD_ABORT,
 	VBHP_STAT_XFER_ERR,
+	VBHP_STAT_MIGRATE,
+	VBHP_STAT_MIGRATE_BUSY,
 	VBHP_STAT_NUM,
 };
 
@@ -206,9 +212,13 @@ struct vbhp_xfer {
  * @acked: woken by the virtqueue callbacks when the host returns a buffer.
  * @xfer: the inflate and deflate pipelines.
  * @blocks: held blocks, one list per order, linked through page->lru;
- *	protected by @lock.
- * @nr_blocks: length of each list in @blocks; written under @lock, read
- *	locklessly by debugfs.
+ *	protected by @lock.  The order-0 list stays empty: those blocks are
+ *	on @bdev instead.
+ * @bdev: the kernel's balloon list, which holds the order-0 blocks so that
+ *	they can migrate; its own lock guards it, and it may lack blocks
+ *	isolated for migration (still ours, still counted).
+ * @nr_blocks: blocks held at each order (for order 0, on @bdev or isolated
+ *	from it); written under @lock, read locklessly by debugfs.
  * @num_pages: 4 KiB frames the host has acknowledged as inflated (what
  *	"actual" reports); written under @lock.
  * @reported: the value of @num_pages last written to "actual"; under @lock.
@@ -282,6 +292,7 @@ struct vbhp {
 	wait_queue_head_t acked;
 	struct vbhp_xfer xfer[VBHP_XFER_NUM];
 	struct list_head blocks[VBHP_NR_ORDERS];
+	struct balloon_dev_info bdev;
 	unsigned long nr_blocks[VBHP_NR_ORDERS];
 	unsigned long num_pages;
 	unsigned long reported;
