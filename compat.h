@@ -258,6 +258,8 @@ static inline int vbhp_balloon_migrated(struct balloon_dev_info *b,
 	put_page(page);
 	return MIGRATEPAGE_SUCCESS;
 }
+
+/* 7.0's name for the option, which the driver tests. */
 #define CONFIG_BALLOON_MIGRATION 1
 #endif
 #else

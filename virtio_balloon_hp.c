@@ -890,7 +890,7 @@ static void vbhp_deflate(struct vbhp *vb, unsigned long frames,
 #ifdef CONFIG_BALLOON_MIGRATION
 /*
  * Tell the host about one 4 KiB frame on its own, on the queue order-0
- * blocks travel on, and wait for the acknowledgement; false if the buffer
+ * blocks travel on, and wait for the acknowledgment; false if the buffer
  * could not be sent or the device broke.  The queue is idle: every balloon
  * operation flushes before it drops vb->lock.
  */
@@ -916,7 +916,7 @@ static bool vbhp_xfer_tell_frame(struct vbhp *vb, unsigned long pfn,
  * The kernel moves ballooned order-0 block @page to @newpage (compaction,
  * CMA, memory offlining); both are locked.  MUST_TELL_HOST holds: the host
  * acknowledges the inflate of @newpage before it is told of the deflate of
- * @page, and @page goes back to the guest only after that acknowledgement
+ * @page, and @page goes back to the guest only after that acknowledgment
  * (the core frees it when we return 0).  The worker may hold vb->lock for
  * a whole round, and its own allocations may compact: trylock, -EAGAIN
  * and the kernel tries again later, as the in-tree driver does.
