@@ -104,6 +104,10 @@ enum vbhp_xfer_stat {
  *	no room to map them for DMA); their blocks were put back.
  * @VBHP_STAT_FILL_UNUSED: blocks the inflate workers allocated that their
  *	round did not send (it stopped early) and freed again.
+ * @VBHP_STAT_MIGRATE: ballooned order-0 pages the kernel migrated (the
+ *	host was told of the new page, then of the old one).
+ * @VBHP_STAT_MIGRATE_BUSY: migrations refused because the balloon was busy
+ *	(its lock held, or the device not ready); the kernel retries them.
  * @VBHP_STAT_NUM: number of device-wide counters.
  */
 enum vbhp_stat {
@@ -114,6 +118,8 @@ enum vbhp_stat {
 	VBHP_STAT_OD_ABORT,
 	VBHP_STAT_XFER_ERR,
 	VBHP_STAT_FILL_UNUSED,
+	VBHP_STAT_MIGRATE,
+	VBHP_STAT_MIGRATE_BUSY,
 	VBHP_STAT_NUM,
 };
 
@@ -247,9 +253,13 @@ struct vbhp_filler {
  * @acked: woken by the virtqueue callbacks when the host returns a buffer.
  * @xfer: the inflate and deflate pipelines.
  * @blocks: held blocks, one list per order, linked through page->lru;
- *	protected by @lock.
- * @nr_blocks: length of each list in @blocks; written under @lock, read
- *	locklessly by debugfs.
+ *	protected by @lock.  The order-0 list stays empty: those blocks are
+ *	on @bdev instead.
+ * @bdev: the kernel's balloon list, which holds the order-0 blocks so that
+ *	they can migrate; its own lock guards it, and it may lack blocks
+ *	isolated for migration (still ours, still counted).
+ * @nr_blocks: blocks held at each order (for order 0, on @bdev or isolated
+ *	from it); written under @lock, read locklessly by debugfs.
  * @num_pages: 4 KiB frames the host has acknowledged as inflated (what
  *	"actual" reports); written under @lock.
  * @reported: the value of @num_pages last written to "actual"; under @lock.
@@ -340,6 +350,7 @@ struct vbhp {
 	wait_queue_head_t acked;
 	struct vbhp_xfer xfer[VBHP_XFER_NUM];
 	struct list_head blocks[VBHP_NR_ORDERS];
+	struct balloon_dev_info bdev;
 	unsigned long nr_blocks[VBHP_NR_ORDERS];
 	unsigned long num_pages;
 	unsigned long reported;

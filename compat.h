@@ -222,4 +222,55 @@ static inline unsigned long vbhp_reclaim_pages(const unsigned long *ev,
 #endif
 #endif
 
+/*
+ * 7.0: balloon_compaction.h became balloon.h, CONFIG_BALLOON_COMPACTION
+ * became CONFIG_BALLOON_MIGRATION, and the core took over what a driver's
+ * migratepage() used to do after telling its host: put the new page on the
+ * balloon list (with a reference), count BALLOON_MIGRATE, drop the isolated
+ * count, and finalize and release the old page.  The list lock moved into
+ * mm/ and drivers no longer see it.  The driver's callback ends with
+ * vbhp_balloon_migrated(), which does that bookkeeping before 7.0 and
+ * nothing after; the other calls (balloon_devinfo_init(),
+ * balloon_page_enqueue(), balloon_page_dequeue() and the list variants)
+ * kept their names.  (Only 6.12 and 7.3 of the kernels around the change
+ * are built.)
+ */
+#if LINUX_VERSION_CODE < KERNEL_VERSION(7, 0, 0)
+#include <linux/balloon_compaction.h>
+
+#ifdef CONFIG_BALLOON_COMPACTION
+/* Called with @newpage and @page locked, as the core migrates. */
+static inline int vbhp_balloon_migrated(struct balloon_dev_info *b,
+					struct page *newpage,
+					struct page *page, int rc)
+{
+	unsigned long flags;
+
+	if (rc)
+		return rc;
+	get_page(newpage);
+	spin_lock_irqsave(&b->pages_lock, flags);
+	balloon_page_insert(b, newpage);
+	b->isolated_pages--;
+	__count_vm_event(BALLOON_MIGRATE);
+	spin_unlock_irqrestore(&b->pages_lock, flags);
+	balloon_page_finalize(page);
+	put_page(page);
+	return MIGRATEPAGE_SUCCESS;
+}
+
+/* 7.0's name for the option, which the driver tests. */
+#define CONFIG_BALLOON_MIGRATION 1
+#endif
+#else
+#include <linux/balloon.h>
+
+static inline int vbhp_balloon_migrated(struct balloon_dev_info *b,
+					struct page *newpage,
+					struct page *page, int rc)
+{
+	return rc;
+}
+#endif
+
 #endif /* _VBHP_COMPAT_H */

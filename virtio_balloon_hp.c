@@ -91,6 +91,19 @@
  * just deflated it is the reclaim/inflate loop that made upstream revert
  * its shrinker.
  *
+ * Migration.  Order-0 blocks (page_order=0, fallback blocks of order 0 and
+ * the pieces of a split block) are held on the kernel's balloon list
+ * (vb->bdev) instead of our own, so that compaction, CMA, memory offlining
+ * and runtime huge page allocation can move them, as the in-tree driver's
+ * pages move: vbhp_migratepage() tells the host about the new page, then
+ * about the old one, through the same queues and under the same lock as
+ * any inflate and deflate.  Larger blocks cannot move: the kernel's
+ * balloon API migrates single pages only, and a whole block would need a
+ * free block of its order to move into, which is what compaction is
+ * trying to make.  A balloon of 2 MiB blocks instead never fragments
+ * memory below 2 MiB in the first place.  compat.h maps the API of
+ * kernels before 7.0 (balloon_compaction.h) onto 7.0's (balloon.h).
+ *
  * Page zeroing.  A guest kernel running with init_on_alloc=1 (Debian's
  * default) zeroes every block the balloon allocates; with init_on_free=1
  * it zeroed them when they were last freed, and zeroes every block a
@@ -185,6 +198,10 @@ MODULE_PARM_DESC(inflate_workers,
 /* How long an inflate that found no memory waits before trying again. */
 #define VBHP_RETRY_DELAY	HZ
 
+/* Waiting for order-0 blocks isolated for migration: 10 s in steps. */
+#define VBHP_ISOLATED_WAIT	(HZ / 20)
+#define VBHP_ISOLATED_TRIES	200
+
 static const char * const vbhp_xfer_names[VBHP_XFER_NUM] = {
 	[VBHP_XFER_INFLATE] = "inflate",
 	[VBHP_XFER_DEFLATE] = "deflate",
@@ -211,6 +228,8 @@ static const char * const vbhp_stat_names[VBHP_STAT_NUM] = {
 	[VBHP_STAT_OD_ABORT] = "od_inflate_aborts",
 	[VBHP_STAT_XFER_ERR] = "xfer_errors",
 	[VBHP_STAT_FILL_UNUSED] = "fill_unused",
+	[VBHP_STAT_MIGRATE] = "migrations",
+	[VBHP_STAT_MIGRATE_BUSY] = "migrate_busy",
 };
 
 static const char * const vbhp_report_stat_names[VBHP_RSTAT_NUM] = {
@@ -262,13 +281,15 @@ static void vbhp_blk_set_offline(struct page *page, unsigned int order,
  * as unmovable allocations they would steal and convert the movable
  * pageblocks of a fragmented guest, which compaction then no longer uses,
  * and the guest's own small allocations would start failing with memory
- * free.  They cannot migrate (yet); compaction steps over them.
+ * free.  Order-0 blocks migrate (see "Migration" in the design comment);
+ * fallback blocks of orders 1 to pageblock_order - 1 cannot, and
+ * compaction steps over them.
  *
  * No block comes from ZONE_MOVABLE (that takes __GFP_HIGHMEM and
  * __GFP_MOVABLE together), unlike the in-tree driver's pages: everything
  * in that zone must be migratable so that memory offlining and
- * alloc_contig_range() can empty it, and our blocks stay for as long as the
- * host wants and cannot migrate.  The reserve therefore counts only the
+ * alloc_contig_range() can empty it, and most of our blocks cannot
+ * migrate.  The reserve therefore counts only the
  * zones these masks reach (vbhp_inflate_avail()).
  */
 static gfp_t vbhp_blk_gfp(unsigned int order)
@@ -313,15 +334,25 @@ static void vbhp_blk_free(struct vbhp *vb, struct page *page)
 	vbhp_count(&vb->ostats[order][VBHP_OSTAT_FREE], 1);
 }
 
+/*
+ * Hold a block in the balloon: an order-0 block on the kernel's balloon
+ * list, where it can migrate (its page->private then points at vb->bdev
+ * instead of holding the order: read the order first), a larger one on
+ * our own list.
+ */
 static void vbhp_blk_hold(struct vbhp *vb, struct page *page)
 {
 	unsigned int order = page_private(page);
 
 	lockdep_assert_held(&vb->lock);
-	list_add(&page->lru, &vb->blocks[order]);
+	if (order)
+		list_add(&page->lru, &vb->blocks[order]);
+	else
+		balloon_page_enqueue(&vb->bdev, page);
 	WRITE_ONCE(vb->nr_blocks[order], vb->nr_blocks[order] + 1);
 }
 
+/* Take a held block of order 1 or more off its list. */
 static void vbhp_blk_unhold(struct vbhp *vb, struct page *page)
 {
 	unsigned int order = page_private(page);
@@ -329,6 +360,37 @@ static void vbhp_blk_unhold(struct vbhp *vb, struct page *page)
 	lockdep_assert_held(&vb->lock);
 	list_del(&page->lru);
 	WRITE_ONCE(vb->nr_blocks[order], vb->nr_blocks[order] - 1);
+}
+
+/*
+ * Take up to @n order-0 blocks off the balloon list onto the tail of @list;
+ * returns how many.  Blocks isolated for migration are not on the list:
+ * fewer than held may come back.  The balloon core cleared page->private
+ * (order 0 again) and, before 7.0, PageOffline, which is set again.
+ */
+static unsigned long vbhp_blk0_unhold(struct vbhp *vb, struct list_head *list,
+				      unsigned long n)
+{
+	struct page *page;
+	LIST_HEAD(got);
+
+	lockdep_assert_held(&vb->lock);
+	n = balloon_page_list_dequeue(&vb->bdev, &got, n);
+	list_for_each_entry(page, &got, lru)
+		vbhp_blk_set_offline(page, 0, true);
+	list_splice_tail(&got, list);
+	WRITE_ONCE(vb->nr_blocks[0], vb->nr_blocks[0] - n);
+	return n;
+}
+
+/* Put back order-0 blocks taken by vbhp_blk0_unhold() and not used. */
+static void vbhp_blk0_hold_list(struct vbhp *vb, struct list_head *list)
+{
+	unsigned long n;
+
+	lockdep_assert_held(&vb->lock);
+	n = balloon_page_list_enqueue(&vb->bdev, list);
+	WRITE_ONCE(vb->nr_blocks[0], vb->nr_blocks[0] + n);
 }
 
 /* The host acknowledged these inflated blocks: they join the balloon. */
@@ -339,8 +401,8 @@ static void vbhp_blk_hold_list(struct vbhp *vb, struct list_head *list)
 	lockdep_assert_held(&vb->lock);
 	list_for_each_entry_safe(page, next, list, lru) {
 		list_del(&page->lru);
-		vbhp_blk_hold(vb, page);
 		vb->num_pages += vbhp_order_frames(page_private(page));
+		vbhp_blk_hold(vb, page);
 	}
 }
 
@@ -370,6 +432,7 @@ static void vbhp_blk_release_list(struct vbhp *vb, struct list_head *list)
 static void vbhp_blk_split(struct vbhp *vb, struct page *page)
 {
 	unsigned int order = page_private(page);
+	LIST_HEAD(pieces);
 	unsigned long i;
 
 	vbhp_blk_unhold(vb, page);
@@ -377,8 +440,9 @@ static void vbhp_blk_split(struct vbhp *vb, struct page *page)
 	for (i = 0; i < (1UL << order); i++) {
 		/* Only the head's private was ours: the others may be stale. */
 		set_page_private(page + i, 0);
-		vbhp_blk_hold(vb, page + i);
+		list_add_tail(&page[i].lru, &pieces);
 	}
+	vbhp_blk0_hold_list(vb, &pieces);
 	vbhp_count(&vb->stats[VBHP_STAT_SPLIT], 1);
 	vbhp_count(&vb->ostats[order][VBHP_OSTAT_FREE], 1);
 	vbhp_count(&vb->ostats[0][VBHP_OSTAT_ALLOC], 1L << order);
@@ -386,27 +450,32 @@ static void vbhp_blk_split(struct vbhp *vb, struct page *page)
 
 /*
  * Pick the next block to deflate, smallest order first, no larger than
- * @frames (splitting one if needed); NULL once the balloon is empty.
+ * @frames (splitting one if needed); NULL once the balloon is empty, or
+ * holds only order-0 blocks isolated for migration.
  */
 static struct page *vbhp_blk_pick(struct vbhp *vb, unsigned long frames)
 {
 	struct page *page;
 	unsigned int order;
+	LIST_HEAD(one);
 
-	for (order = 0; order < VBHP_NR_ORDERS; order++) {
+	if (!frames)
+		return NULL;
+	if (vbhp_blk0_unhold(vb, &one, 1))
+		return list_first_entry(&one, struct page, lru);
+	for (order = 1; order < VBHP_NR_ORDERS; order++) {
 		page = list_first_entry_or_null(&vb->blocks[order],
 						struct page, lru);
 		if (!page)
 			continue;
-		if (vbhp_order_frames(order) > frames) {
-			if (!order)
-				return NULL;
-			vbhp_blk_split(vb, page);
-			page = list_first_entry(&vb->blocks[0], struct page,
-						lru);
+		if (vbhp_order_frames(order) <= frames) {
+			vbhp_blk_unhold(vb, page);
+			return page;
 		}
-		vbhp_blk_unhold(vb, page);
-		return page;
+		vbhp_blk_split(vb, page);
+		if (vbhp_blk0_unhold(vb, &one, 1))
+			return list_first_entry(&one, struct page, lru);
+		return NULL;
 	}
 	return NULL;
 }
@@ -477,9 +546,9 @@ static void vbhp_xfer_put_back(struct vbhp *vb, struct vbhp_xfer *x,
 		vbhp_blk_free(vb, page);
 		return;
 	}
-	vbhp_blk_hold(vb, page);
 	if (x->inflate)
 		vb->num_pages += vbhp_order_frames(page_private(page));
+	vbhp_blk_hold(vb, page);
 }
 
 /*
@@ -1128,6 +1197,95 @@ static void vbhp_deflate(struct vbhp *vb, unsigned long frames,
 	vbhp_xfer_flush(vb, false);
 }
 
+/* ---- migration of order-0 blocks (the kernel's balloon API) ---- */
+
+#ifdef CONFIG_BALLOON_MIGRATION
+/*
+ * Tell the host about one 4 KiB frame on its own, on the queue order-0
+ * blocks travel on, and wait for the acknowledgment; false if the buffer
+ * could not be sent or the device broke.  The queue is idle: every balloon
+ * operation flushes before it drops vb->lock.
+ */
+static bool vbhp_xfer_tell_frame(struct vbhp *vb, unsigned long pfn,
+				 bool inflate)
+{
+	struct vbhp_xfer *x = vbhp_xfer_for(vb, 0, inflate);
+	struct vbhp_buf *buf = vbhp_xfer_cur(x);
+
+	lockdep_assert_held(&vb->lock);
+	if (x->inflight || buf->nr_pfns)
+		return false;
+	buf->pfns[buf->nr_pfns++] = cpu_to_virtio32(vb->vdev, pfn);
+	if (!vbhp_xfer_send(vb, x))
+		return false;
+	while (x->inflight)
+		if (!vbhp_xfer_wait(vb, x))
+			return false;
+	return true;
+}
+
+/*
+ * The kernel moves ballooned order-0 block @page to @newpage (compaction,
+ * CMA, memory offlining); both are locked.  MUST_TELL_HOST holds: the host
+ * acknowledges the inflate of @newpage before it is told of the deflate of
+ * @page, and @page goes back to the guest only after that acknowledgment
+ * (the core frees it when we return 0).  The worker may hold vb->lock for
+ * a whole round, and its own allocations may compact: trylock, -EAGAIN
+ * and the kernel tries again later, as the in-tree driver does.
+ */
+static int vbhp_migratepage(struct balloon_dev_info *bdev,
+			    struct page *newpage, struct page *page,
+			    enum migrate_mode mode)
+{
+	struct vbhp *vb = container_of(bdev, struct vbhp, bdev);
+	int rc = -EAGAIN;
+
+	if (!mutex_trylock(&vb->lock)) {
+		vbhp_count(&vb->stats[VBHP_STAT_MIGRATE_BUSY], 1);
+		return -EAGAIN;
+	}
+	if (!vb->ready) {
+		vbhp_count(&vb->stats[VBHP_STAT_MIGRATE_BUSY], 1);
+		goto out;
+	}
+	/* The wire carries 32-bit frame numbers. */
+	if (page_to_pfn(newpage) > U32_MAX) {
+		rc = -ENOSPC;
+		goto out;
+	}
+	if (!vbhp_xfer_tell_frame(vb, page_to_pfn(newpage), true))
+		goto out;
+	if (!vbhp_xfer_tell_frame(vb, page_to_pfn(page), false)) {
+		/*
+		 * @page stays ballooned; the kernel frees @newpage, so try to
+		 * take it back from the host too.  Only a broken device or a
+		 * failed DMA mapping gets here.
+		 */
+		vbhp_xfer_tell_frame(vb, page_to_pfn(newpage), false);
+		goto out;
+	}
+	if (vb->adjust_managed && page_zone(page) != page_zone(newpage)) {
+		adjust_managed_page_count(page, 1);
+		adjust_managed_page_count(newpage, -1);
+	}
+	vbhp_count(&vb->stats[VBHP_STAT_MIGRATE], 1);
+	rc = 0;
+out:
+	rc = vbhp_balloon_migrated(bdev, newpage, page, rc);
+	mutex_unlock(&vb->lock);
+	return rc;
+}
+
+static void vbhp_migrate_init(struct vbhp *vb)
+{
+	vb->bdev.migratepage = vbhp_migratepage;
+}
+#else
+static inline void vbhp_migrate_init(struct vbhp *vb)
+{
+}
+#endif
+
 /* ---- on demand: deflating below the target (DEFLATE_ON_OOM) ---- */
 
 /**
@@ -1151,6 +1309,55 @@ static bool vbhp_od_fits(struct page *page, const struct vbhp_od_req *req)
 	       req->pfn_limit;
 }
 
+/* Whether every block fits @req. */
+static bool vbhp_od_any(const struct vbhp_od_req *req)
+{
+	return req->max_zone == MAX_NR_ZONES - 1 && req->pfn_limit == ULONG_MAX;
+}
+
+/*
+ * Find up to @want order-0 blocks that fit @req, moving them onto @taken
+ * (or, with @taken NULL, only counting them); returns how many.  Only
+ * vb->bdev's own calls reach that list, so the blocks are looked at off
+ * it, in batches of one buffer's worth, and those not kept go back (the
+ * kernel counts them as deflated and inflated again in /proc/vmstat).
+ */
+static unsigned long vbhp_od_take0(struct vbhp *vb,
+				   const struct vbhp_od_req *req,
+				   unsigned long want, struct list_head *taken)
+{
+	unsigned long left = vb->nr_blocks[0], found = 0, n;
+	struct page *page, *next;
+	LIST_HEAD(batch);
+	LIST_HEAD(back);
+
+	lockdep_assert_held(&vb->lock);
+	if (vbhp_od_any(req)) {
+		if (!taken)
+			return min(want, left);
+		return vbhp_blk0_unhold(vb, taken, min(want, left));
+	}
+	while (found < want && left) {
+		n = vbhp_blk0_unhold(vb, &batch,
+				     min(left, (unsigned long)VIRTIO_BALLOON_HP_PFNS_PER_BUF));
+		if (!n)
+			break;
+		left -= n;
+		list_for_each_entry_safe(page, next, &batch, lru) {
+			if (found < want && vbhp_od_fits(page, req)) {
+				found++;
+				if (taken) {
+					list_move_tail(&page->lru, taken);
+					continue;
+				}
+			}
+			list_move_tail(&page->lru, &back);
+		}
+	}
+	vbhp_blk0_hold_list(vb, &back);
+	return found;
+}
+
 /*
  * Take held blocks @req may take, smallest first, until they cover it (or
  * none is left), onto @taken in one pass; returns their frames.
@@ -1159,12 +1366,13 @@ static unsigned long vbhp_od_take(struct vbhp *vb,
 				  const struct vbhp_od_req *req,
 				  struct list_head *taken)
 {
-	unsigned long frames = 0;
+	unsigned long frames;
 	struct page *page, *next;
 	unsigned int order;
 
 	lockdep_assert_held(&vb->lock);
-	for (order = 0; order < VBHP_NR_ORDERS; order++) {
+	frames = vbhp_od_take0(vb, req, req->frames, taken);
+	for (order = 1; order < VBHP_NR_ORDERS; order++) {
 		list_for_each_entry_safe(page, next, &vb->blocks[order], lru) {
 			if (frames >= req->frames)
 				return frames;
@@ -1181,12 +1389,13 @@ static unsigned long vbhp_od_take(struct vbhp *vb,
 /* Frames held in blocks @req may take. */
 static unsigned long vbhp_od_held(struct vbhp *vb, const struct vbhp_od_req *req)
 {
-	unsigned long frames = 0;
+	unsigned long frames;
 	struct page *page;
 	unsigned int order;
 
 	lockdep_assert_held(&vb->lock);
-	for (order = 0; order < VBHP_NR_ORDERS; order++)
+	frames = vbhp_od_take0(vb, req, ULONG_MAX, NULL);
+	for (order = 1; order < VBHP_NR_ORDERS; order++)
 		list_for_each_entry(page, &vb->blocks[order], lru)
 			if (vbhp_od_fits(page, req))
 				frames += vbhp_order_frames(order);
@@ -1532,9 +1741,11 @@ static void vbhp_work_fn(struct work_struct *work)
 			delay = 0;
 		}
 	} else if (target < vb->num_pages) {
+		got = vb->num_pages;
 		vbhp_deflate(vb, vb->num_pages - target, vb->round_frames);
+		/* No progress: what is left is isolated for migration. */
 		if (vb->num_pages > target)
-			delay = 0;
+			delay = vb->num_pages < got ? 0 : VBHP_ISOLATED_WAIT;
 	}
 	vbhp_cfg_update_actual(vb);
 	if (vbhp_xfer_broken(vb)) {
@@ -2418,6 +2629,8 @@ static void vbhp_dev_init_state(struct vbhp *vb, struct virtio_device *vdev)
 	init_waitqueue_head(&vb->acked);
 	for (order = 0; order < VBHP_NR_ORDERS; order++)
 		INIT_LIST_HEAD(&vb->blocks[order]);
+	balloon_devinfo_init(&vb->bdev);
+	vbhp_migrate_init(vb);
 	vb->reserve_pages = vbhp_dev_reserve_pages();
 	atomic_set(&vb->config_gen, 0);
 	vbhp_zero_init(vb);
@@ -2484,11 +2697,25 @@ out_del_vqs:
 	return err;
 }
 
-/* Every block goes back through the host. */
+/*
+ * Every block goes back through the host.  Order-0 blocks isolated for
+ * migration come back to the balloon list once the kernel has moved them
+ * (which takes vb->lock) or given up: wait for them, without the lock.
+ */
 static void vbhp_dev_empty(struct vbhp *vb)
 {
+	unsigned int tries = 0;
+
 	mutex_lock(&vb->lock);
-	vbhp_deflate(vb, vb->num_pages, ULONG_MAX);
+	for (;;) {
+		vbhp_deflate(vb, vb->num_pages, ULONG_MAX);
+		if (!vb->nr_blocks[0] || vbhp_xfer_broken(vb) ||
+		    ++tries > VBHP_ISOLATED_TRIES)
+			break;
+		mutex_unlock(&vb->lock);
+		schedule_timeout_uninterruptible(VBHP_ISOLATED_WAIT);
+		mutex_lock(&vb->lock);
+	}
 	vbhp_cfg_update_actual(vb);
 	vb->ready = false;
 	/* Blocks the host never acknowledged giving back must not be used. */

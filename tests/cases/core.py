@@ -7,8 +7,8 @@ import sys
 import time
 
 from vbhp import MiB, ROOT, TESTS_DIR, wait_until
-from vbhp.balloon import (HOOKS_MODULE, INTREE_MODULE, MODULE, Balloon, balloon_guest, suspend,
-                          trace_count)
+from vbhp.balloon import (HOOKS_MODULE, INTREE_MODULE, MODULE, Balloon, balloon_guest, fragment,
+                          suspend, trace_count, unfragment)
 from vbhp.build import build_module
 from vbhp.guest import Guest
 from vbhp.hosts import HP_ORDER
@@ -136,14 +136,7 @@ def fragmented_case(kernel, hp):
     with balloon_guest(kernel, 1024, hp=hp) as g:
         b = Balloon(g)
         b.load()
-        fill = g.meminfo()['MemFree'] // 1024 - 200
-        g.sh(f'vbhp_fragment -m {fill} -H >/tmp/frag.log 2>&1 &')
-        def frag_log():
-            return g.sh('cat /tmp/frag.log')
-
-        wait_until(frag_log, 120, 'the fragmenter to hold its memory',
-                   ok=lambda out: 'holding' in out)
-        g.log(frag_log())
+        fragment(g)
         size = 1024 * MiB - 300 * MiB
         secs = b.settle(size)
         b.check()
@@ -158,10 +151,7 @@ def fragmented_case(kernel, hp):
                   f'inflate buffers {s["inflate_buffers"]}')
             assert hp_bufs and s['inflate_buffers'] > 0, s
             assert sum(int(r['pfns']) for r in hp_bufs) == s['held_o9'], s
-        g.sh('killall vbhp_fragment')
-        out = wait_until(frag_log, 30, 'the fragmenter to report and exit',
-                         ok=lambda out: 'ok 2' in out)
-        assert 'not ok' not in out, out
+        unfragment(g)
         b.settle(1024 * MiB)
         b.check()
 

@@ -132,9 +132,20 @@ def on_demand_ioctl(kernel):
     """The ioctl ABI (vbhp_ioctl kselftest): stats, every bad input refused
     with nothing changed, unprivileged callers refused, a deflate that
     returns after the host acknowledged; the host sees it."""
+    ioctl_case(kernel, 9)
+
+
+@test
+def on_demand_ioctl_order0(kernel):
+    """The same at page_order=0, whose blocks sit on the kernel's balloon
+    list: the below-4 GiB deflate sorts them off that list and back."""
+    ioctl_case(kernel, 0)
+
+
+def ioctl_case(kernel, order):
     with balloon_guest(kernel, 2048, deflate_on_oom=True) as g:
         b = Balloon(g)
-        b.load()
+        b.load(f'page_order={order}')
         b.settle(512 * MiB)
         rc, out = g.run('vbhp_ioctl -r 64 -l', timeout=120)
         assert rc == 0, out

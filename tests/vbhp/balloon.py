@@ -58,6 +58,25 @@ def suspend(guest):
     assert 'PM: suspend exit' in guest.sh('dmesg')
 
 
+def fragment(guest, keep_free_mib=200):
+    """Start vbhp_fragment -H on all but @keep_free_mib of the guest's free
+    memory and wait until it holds it: no free 2 MiB block is left, the free
+    memory is single pages spread over every pageblock it filled."""
+    fill = guest.meminfo()['MemFree'] // 1024 - keep_free_mib
+    guest.sh(f'vbhp_fragment -m {fill} -H >/tmp/frag.log 2>&1 &')
+    out = wait_until(lambda: guest.sh('cat /tmp/frag.log'), 120,
+                     'the fragmenter to hold its memory', ok=lambda out: 'holding' in out)
+    guest.log(out)
+
+
+def unfragment(guest):
+    """Stop the vbhp_fragment that fragment() started; check it passed."""
+    guest.sh('killall vbhp_fragment')
+    out = wait_until(lambda: guest.sh('cat /tmp/frag.log'), 30,
+                     'the fragmenter to report and exit', ok=lambda out: 'ok 2' in out)
+    assert 'not ok' not in out, out
+
+
 def alloc_ms(out):
     """The time vbhp_alloc reported for its first round (ms), or None."""
     m = re.search(r'allocated \d+ MiB in (\d+) ms', out)
