@@ -1,14 +1,12 @@
 """Migration of ballooned pages: order-0 blocks sit on the kernel's balloon
 list and move when compaction, CMA, memory offlining or a runtime huge page
-allocation wants their frames; larger blocks stay put.  Measured against the
-in-tree virtio_balloon.  Run by tests/run_tests.py."""
-from vbhp import MiB, wait_until
-from vbhp.balloon import (INTREE_MODULE, MODULE, Balloon, balloon_guest, fragment, guest_files,
-                          unfragment)
+allocation wants their frames; larger blocks stay put.  What that means for
+huge page allocation is measured by bench/huge_pages.py.  Run by
+tests/run_tests.py."""
+from vbhp import MiB
+from vbhp.balloon import Balloon, balloon_guest, fragment, unfragment
 from vbhp.runner import test
 
-HUGE_1G = '/sys/kernel/mm/hugepages/hugepages-1048576kB/nr_hugepages'
-HUGE_2M = '/sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages'
 COMPACT_TIMEOUT = 300  # s: a full compaction of a 1 GiB guest under TCG
 
 
@@ -71,61 +69,3 @@ def order0_pages_migrate_on_compaction(kernel):
 def fallback_pages_migrate_on_compaction(kernel):
     """page_order=9 on a fragmented guest: its order-0 fallback blocks move."""
     compaction_case(kernel, 9)
-
-
-def huge_pages(g, path, want):
-    """Ask for @want huge pages at @path, return how many the kernel got,
-    then give them back."""
-    g.sh(f'echo {want} > {path}', timeout=COMPACT_TIMEOUT)
-    got = int(g.sh(f'cat {path}'))
-    g.sh(f'echo 0 > {path}', timeout=COMPACT_TIMEOUT)
-    return got
-
-
-def huge_rates(kernel, files, module, params):
-    """A 4 GiB guest (2 GiB below 4 GiB, 2 GiB above) with 1.5 GiB ballooned
-    by @module: how many 1 GiB and 2 MiB huge pages a runtime allocation
-    gets of how many it asked for, {'1G': (got, asked), '2M': (got, asked),
-    'empty': 1 GiB pages got with nothing ballooned, of 2, 'moved':
-    ballooned pages the kernel migrated meanwhile}.  It asks for as
-    many as the free memory holds, less 256 MiB left to the guest."""
-    ram, balloon = 4096 * MiB, 1536 * MiB
-    with balloon_guest(kernel, ram // MiB, files=files) as g:
-        b = Balloon(g)
-        empty = huge_pages(g, HUGE_1G, 2)
-        b.load(params, module=module)
-        b.reach(ram - balloon)
-        # In-tree or ours, the guest's MemTotal drops by the balloon.
-        wait_until(lambda: g.meminfo()['MemTotal'], 30, 'MemTotal down by the balloon',
-                   ok=lambda kb: kb == b.boot_kb - balloon // 1024)
-        room = g.meminfo()['MemFree'] * 1024 - 256 * MiB
-        ask_1g, ask_2m = room // (1024 * MiB), room // (2 * MiB)
-        assert ask_1g >= 1, f'{room // MiB} MiB free: no room for a 1 GiB page'
-        vm0 = g.vmstat().get('balloon_migrate', 0)
-        res = {'empty': empty, '1G': (huge_pages(g, HUGE_1G, ask_1g), ask_1g),
-               '2M': (huge_pages(g, HUGE_2M, ask_2m), ask_2m)}
-        res['moved'] = g.vmstat().get('balloon_migrate', 0) - vm0
-        assert b.actual() == ram - balloon, b.actual()
-        return res
-
-
-@test
-def huge_pages_with_full_balloon(kernel):
-    """Runtime 1 GiB and 2 MiB huge page allocation with 1.5 GiB of a 4 GiB
-    guest ballooned: in-tree virtio_balloon, ours at page_order=0 (its
-    pages migrate) and at page_order=9 (2 MiB blocks do not).  Figures for
-    the record; page_order=0 must do about as well as the in-tree driver."""
-    files = guest_files(kernel, extra=[kernel.module('virtio_balloon')])
-    res = {}
-    for name, module, params in (('in-tree', INTREE_MODULE, ''),
-                                 ('ours o0', MODULE, 'page_order=0'),
-                                 ('ours o9', MODULE, 'page_order=9')):
-        r = res[name] = huge_rates(kernel, files, module, params)
-        print(f'# {kernel.short}: {name}: 1 GiB pages {r["1G"][0]} of {r["1G"][1]} '
-              f'({r["empty"]} of 2 before inflating), '
-              f'2 MiB pages {r["2M"][0]} of {r["2M"][1]} '
-              f'({100 * r["2M"][0] // r["2M"][1]}%); ballooned pages moved '
-              f'{r["moved"]}', flush=True)
-    intree, o0 = res['in-tree'], res['ours o0']
-    assert o0['1G'][0] >= intree['1G'][0], res
-    assert o0['2M'][0] >= intree['2M'][0] * 9 // 10, res
