@@ -91,12 +91,14 @@ def workers_case(g, workers, size):
 @test
 def inflate_workers_share_the_zeroing(kernel):
     """inflate_workers=1 and 2 on a 2-vCPU guest that zeroes what it
-    allocates (init_on_alloc=1): both reach the target exactly with every
-    block accounted, and with 2 both workers allocate a share of the blocks
-    (the zeroing runs on both vCPUs).  The rates are logged; make bench
-    compares them on an idle host."""
+    allocates (init_on_alloc=1), on the reference host: both reach the
+    target exactly with every block accounted, and with 2 both workers
+    allocate a share of the blocks (the zeroing runs on both vCPUs).  The
+    rates are logged, not asserted.  (On stock QEMU the host's inflate
+    handler, one discard per 4 KiB frame in the vCPU that kicked, is the
+    bottleneck, and 2 workers are no faster: README.)"""
     size = 1536 * MiB
-    with balloon_guest(kernel, 2048, smp=2) as g:
+    with balloon_guest(kernel, 2048, smp=2, hp=True) as g:
         assert kernel_zeroing(g)[0] == 1, 'the guest kernel does not zero on alloc'
         one, _ = workers_case(g, 1, size)
         two, shares = workers_case(g, 2, size)
