@@ -2382,11 +2382,66 @@ static const struct file_operations vbhp_dbg_break_fops = {
 };
 
 /*
+ * Test builds only: writing "read" or "write" to <module>_touch reads or
+ * writes the first byte of a block the balloon holds, the largest one: the
+ * one access the driver must never make.  The guard host (the reference
+ * host's guard=on) has unmapped that memory and dies on it; any other host
+ * serves it, and the hook logs the byte.  -ENOENT with an empty balloon.
+ */
+static ssize_t vbhp_dbg_touch_write(struct file *file,
+				    const char __user *ubuf, size_t len,
+				    loff_t *ppos)
+{
+	struct vbhp *vb = file->private_data;
+	struct page *page = NULL;
+	char cmd[8] = {};
+	bool write;
+	int order;
+	u8 *p;
+
+	if (copy_from_user(cmd, ubuf, min(len, sizeof(cmd) - 1)))
+		return -EFAULT;
+	strim(cmd);
+	if (!strcmp(cmd, "read"))
+		write = false;
+	else if (!strcmp(cmd, "write"))
+		write = true;
+	else
+		return -EINVAL;
+
+	mutex_lock(&vb->lock);
+	for (order = VBHP_NR_ORDERS - 1; order >= 0; order--) {
+		page = list_first_entry_or_null(&vb->blocks[order],
+						struct page, lru);
+		if (page)
+			break;
+	}
+	if (page) {
+		p = page_address(page);
+		pr_info("test hook: %s ballooned pfn %#lx (order %d)\n",
+			cmd, page_to_pfn(page), order);
+		if (write)
+			WRITE_ONCE(*p, 0x5a);
+		pr_info("test hook: ballooned pfn %#lx holds %#x\n",
+			page_to_pfn(page), READ_ONCE(*p));
+	}
+	mutex_unlock(&vb->lock);
+	return page ? len : -ENOENT;
+}
+
+static const struct file_operations vbhp_dbg_touch_fops = {
+	.owner = THIS_MODULE,
+	.open = simple_open,
+	.write = vbhp_dbg_touch_write,
+};
+
+/*
  * Test builds only: writing Y to <module>_no_shrinker makes the shrinker
  * report nothing, so that a test reaches the OOM notifier; a number in
  * <module>_fail_sends makes that many buffers fail to be queued;
  * <module>_break breaks the device as a surprise removal does; Y in
- * <module>_fail_restore makes the next restore fail.
+ * <module>_fail_restore makes the next restore fail; <module>_touch
+ * touches a ballooned block.
  */
 static void vbhp_dbg_init_hooks(struct vbhp *vb)
 {
@@ -2401,6 +2456,8 @@ static void vbhp_dbg_init_hooks(struct vbhp *vb)
 			    &vbhp_dbg_break_fops);
 	debugfs_create_bool(KBUILD_MODNAME "_fail_restore", 0600, NULL,
 			    &vb->test_fail_restore);
+	debugfs_create_file(KBUILD_MODNAME "_touch", 0200, NULL, vb,
+			    &vbhp_dbg_touch_fops);
 }
 
 static bool vbhp_dbg_fail_restore(struct vbhp *vb)
@@ -2410,6 +2467,7 @@ static bool vbhp_dbg_fail_restore(struct vbhp *vb)
 
 static void vbhp_dbg_exit_hooks(struct vbhp *vb)
 {
+	debugfs_lookup_and_remove(KBUILD_MODNAME "_touch", NULL);
 	debugfs_lookup_and_remove(KBUILD_MODNAME "_fail_restore", NULL);
 	debugfs_lookup_and_remove(KBUILD_MODNAME "_break", NULL);
 	debugfs_lookup_and_remove(KBUILD_MODNAME "_fail_sends", NULL);

@@ -10,6 +10,7 @@ Run by tests/run_tests.py (`tests/run_tests.py hp_device`).
 import functools
 import os
 import re
+import signal
 import struct
 import subprocess
 import tempfile
@@ -585,12 +586,50 @@ def hp_device_modern_negotiation(tmp, check):
 
 @device_test
 def hp_device_realize_errors(tmp, check):
-    """Out-of-range hp-block-order values refuse to start the device."""
-    for order, want in (("10", "must be between 1 and 9"),
-                        ("256", "expects uint8")):
+    """Out-of-range hp-block-order values, and guard without huge blocks,
+    refuse to start the device."""
+    for props, want in (("hp-block-order=10", "must be between 1 and 9"),
+                        ("hp-block-order=256", "expects uint8"),
+                        ("guard=on", "'guard' needs huge blocks")):
         p = subprocess.run([QEMU, "-machine", "pc", "-accel", "qtest",
                             "-display", "none", "-nodefaults", "-device",
-                            "virtio-balloon-pci,hp-block-order=" + order],
+                            "virtio-balloon-pci," + props],
                            capture_output=True, text=True, timeout=30)
         check(p.returncode != 0 and want in p.stderr,
-              "hp-block-order=%s refused: %s" % (order, p.stderr.strip()))
+              "%s refused: %s" % (props, p.stderr.strip()))
+
+
+@device_test
+def hp_device_guard(tmp, check):
+    """guard=on: an inflated block is unmapped until its deflate, for QEMU's
+    own accessors too (qtest reads guest memory the way device emulation
+    does); the memory next to it and a deflated block read normally; a
+    read of a ballooned block kills QEMU with SIGSEGV."""
+    trace = os.path.join(tmp, "guard.trace")
+    qt, dev, vqs = legacy_device("hp-block-order=9,guard=on", HP_FEATURES,
+                                 trace)
+    hp_ivq, hp_dvq = vqs[3], vqs[4]
+    qt.memset(6 * MIB, 4 * BLOCK, 0xa5)
+    hp_ivq.add_out([pfns(0x800, 0xa00)])
+    dev.notify(hp_ivq)
+    check(hp_ivq.used_idx() == 1, "hp_inflate of 8 and 10 MiB acknowledged")
+    check(qt.read(8 * MIB - 16, 16) == b"\xa5" * 16 and
+          qt.read(12 * MIB, 16) == b"\xa5" * 16,
+          "memory next to the guarded blocks readable")
+    hp_dvq.add_out([pfns(0x800)])
+    dev.notify(hp_dvq)
+    check(hp_dvq.used_idx() == 1 and qt.read(8 * MIB, 16) == bytes(16),
+          "the block at 8 MiB reads as zero once deflated")
+    try:
+        qt.read(10 * MIB + 4096, 16)
+        died = None
+    except RuntimeError:
+        died = qt.p.wait(timeout=30)
+    check(died == -signal.SIGSEGV,
+          "reading the still ballooned block at 10 MiB kills QEMU: exit %s"
+          % died)
+    ops = [re.search(r"op: (\S+) gpa: (\S+)", line).groups()
+           for line in trace_lines(trace, "virtio_balloon_hp_guard")]
+    check(ops == [("protect", "0x800000"), ("protect", "0xa00000"),
+                  ("unprotect", "0x800000")],
+          "guard trace: %s" % ops)

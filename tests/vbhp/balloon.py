@@ -33,15 +33,17 @@ def guest_files(kernel, hooks=False, extra=()):
 
 def balloon_guest(kernel, mem_mib, hp=False, deflate_on_oom=False, hooks=False,
                   extra_files=(), files=None, trace=None, reporting=False, page_poison=True,
-                  free_page_hint=False, hugetlb=False, **kw):
+                  free_page_hint=False, hugetlb=False, guard=False, **kw):
     """A Guest with guest_files() (or @files) on Host(@hp, @deflate_on_oom,
-    @reporting, @page_poison, @free_page_hint, @hugetlb): hp, the reference host with hp
-    blocks of HP_ORDER, its hp trace events logged unless @trace names others."""
+    @reporting, @page_poison, @free_page_hint, @hugetlb, @guard): hp (and
+    guard), the reference host with hp blocks of HP_ORDER, its hp trace
+    events logged unless @trace names others."""
     if files is None:
         files = guest_files(kernel, hooks, extra_files)
+    hp = hp or guard
     host = Host(hp, deflate_on_oom, trace=HP_TRACE if hp and trace is None else trace,
                 reporting=reporting, page_poison=page_poison, free_page_hint=free_page_hint,
-                hugetlb=hugetlb)
+                hugetlb=hugetlb, guard=guard)
     return Guest(kernel=kernel, mem_mib=mem_mib, files=files, host=host, **kw)
 
 

@@ -33,15 +33,18 @@ class Host:
     iothread QEMU requires for it);
     trace: a QEMU trace event pattern to log (Guest.trace() reads it);
     hugetlb: guest RAM backed by the host's 2 MiB hugetlb pages (a memfd
-    backend; the pool must hold them: hugetlb_pool())."""
+    backend; the pool must hold them: hugetlb_pool());
+    guard: the guard host (reference host with guard=on, implies hp): hp
+    blocks are unmapped from their inflate to their deflate, and a touch of
+    one kills QEMU with SIGSEGV."""
 
     def __init__(self, hp=False, deflate_on_oom=False, trace=None, reporting=False,
-                 page_poison=True, free_page_hint=False, hugetlb=False):
-        self.hp, self.deflate_on_oom, self.trace = hp, deflate_on_oom, trace
+                 page_poison=True, free_page_hint=False, hugetlb=False, guard=False):
+        self.hp, self.deflate_on_oom, self.trace = hp or guard, deflate_on_oom, trace
         self.reporting, self.page_poison = reporting, page_poison
         self.free_page_hint = free_page_hint
-        self.hugetlb = hugetlb
-        self.qemu = HP_QEMU if hp else STOCK_QEMU
+        self.hugetlb, self.guard = hugetlb, guard
+        self.qemu = HP_QEMU if self.hp else STOCK_QEMU
 
     def balloon_device(self):
         """The -device value of the balloon (QOM id balloon0)."""
@@ -49,7 +52,8 @@ class Host:
                 + ',deflate-on-oom=on' * self.deflate_on_oom
                 + ',free-page-reporting=on' * self.reporting
                 + ',page-poison=off' * (not self.page_poison)
-                + ',free-page-hint=on,iothread=vbhp-io' * self.free_page_hint)
+                + ',free-page-hint=on,iothread=vbhp-io' * self.free_page_hint
+                + ',guard=on' * self.guard)
 
     def argv(self, mem_mib, smp, trace_log):
         """QEMU's command line up to the guest's own files and sockets: binary,
