@@ -54,16 +54,15 @@
  * returns the buffer, or as soon as a frame of another host page comes.
  * With 256 frames a buffer a 2 MiB host page never comes back.  So (with
  * whole_blocks=1, the default) a buffer on the 4 KiB queues holds whole
- * blocks: it grows
- * to 2^page_order frames when that is more than 256, a block that does not
- * fit in what is left of it goes into the next one, and it travels as one
- * chain of descriptors of at most 256 frames each (the most a descriptor
- * may carry, see uapi/linux/virtio_balloon_hp.h).  The spec forbids a
- * device to assume any arrangement of a buffer's descriptors; a host that
- * reads only the first one anyway (cloud-hypervisor's balloon, as read)
- * would miss the rest and wants whole_blocks=0.  Frames keep their order
- * and blocks
- * still change hands only when their buffer is acknowledged.
+ * blocks: it grows to 2^page_order frames when that is more than 256, a
+ * block that does not fit in what is left of it goes into the next one,
+ * and it travels as one chain of descriptors of at most 256 frames each
+ * (the most a descriptor may carry, see uapi/linux/virtio_balloon_hp.h).
+ * The spec forbids a device to assume any arrangement of a buffer's
+ * descriptors; a host that reads only the first one anyway
+ * (cloud-hypervisor's balloon, as read) would miss the rest and wants
+ * whole_blocks=0.  Frames keep their order and blocks still change hands
+ * only when their buffer is acknowledged.
  *
  * Deflate on demand (VIRTIO_BALLOON_F_DEFLATE_ON_OOM only: without it the
  * balloon never goes below the host's target).  Three triggers give whole
@@ -1145,11 +1144,31 @@ static void vbhp_fill_exit(struct vbhp *vb)
  * Inflate toward @frames more, stopping after one round's worth; returns
  * how many frames the host accepted.
  */
+/*
+ * One inflate round with this task allocating alone (inflate_workers=1):
+ * toward @want frames, @left at most.
+ */
+static void vbhp_inflate_alone(struct vbhp *vb, unsigned long want,
+			       unsigned long left)
+{
+	unsigned long queued = 0;
+	struct page *page;
+
+	lockdep_assert_held(&vb->lock);
+	while (queued < left && !READ_ONCE(vb->od_abort)) {
+		page = vbhp_inflate_get_block(vb, want - queued);
+		if (!page)
+			break;
+		queued += vbhp_order_frames(page_private(page));
+		if (!vbhp_xfer_add(vb, page, true))
+			break;
+	}
+}
+
 static unsigned long vbhp_inflate(struct vbhp *vb, unsigned long frames)
 {
-	unsigned long before = vb->num_pages, queued = 0;
+	unsigned long before = vb->num_pages;
 	unsigned int noio;
-	struct page *page;
 
 	lockdep_assert_held(&vb->lock);
 	/*
@@ -1160,15 +1179,8 @@ static unsigned long vbhp_inflate(struct vbhp *vb, unsigned long frames)
 	vb->alloc_order = vb->max_order;
 	if (vb->nr_fillers > 1)
 		vbhp_fill_round(vb, frames, min(frames, vb->round_frames));
-	while (vb->nr_fillers == 1 && queued < min(frames, vb->round_frames) &&
-	       !READ_ONCE(vb->od_abort)) {
-		page = vbhp_inflate_get_block(vb, frames - queued);
-		if (!page)
-			break;
-		queued += vbhp_order_frames(page_private(page));
-		if (!vbhp_xfer_add(vb, page, true))
-			break;
-	}
+	else
+		vbhp_inflate_alone(vb, frames, min(frames, vb->round_frames));
 	memalloc_noio_restore(noio);
 	vbhp_xfer_flush(vb, true);
 	return vb->num_pages - before;
