@@ -75,8 +75,15 @@ stty -F /dev/ttyS1 raw -echo
 exec 3<>/dev/ttyS1
 echo "init: agent on ttyS1"
 printf '@@VBHP-READY\n' >&3
+# Each line is read by head, not the shell's read: busybox's read drops the
+# bytes it has so far when a signal interrupts it (PID 1 gets SIGCHLD for
+# every orphan that exits), and the rest of the line then runs as a command
+# of its own.  head may read past the newline, which is safe because the
+# host sends the next line only after it has seen @@VBHP-END.  An empty line
+# (the host never sends one) means the channel is gone for now.
 while :; do
-    IFS= read -r line <&3 || { sleep 1; continue; }
+    line=$(head -n 1 <&3)
+    [ -n "$line" ] || { sleep 1; continue; }
     sh -c "$line" </dev/null >/tmp/.agent.out 2>&1
     rc=$?
     cat /tmp/.agent.out >&3

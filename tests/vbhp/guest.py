@@ -168,6 +168,8 @@ class Guest:
         """Run a shell command in the guest; return (exit code, stdout+stderr)."""
         if self._agent is None:
             raise RuntimeError('guest agent unusable (not started or an earlier command timed out)')
+        if not cmd.strip():
+            raise ValueError('empty guest command (the agent skips empty lines)')
         if '\n' in cmd:  # the agent reads one line per command
             cmd = f'eval "$(echo {base64.b64encode(cmd.encode()).decode()} | base64 -d)"'
         self._agent.sendall(cmd.encode() + b'\n')
