@@ -51,13 +51,12 @@ def deb_path():
 def boot_image(name, host):
     image = Image(name)
     with ImageBoot(image, host, deb_path(), base=_disks.get(name), mem_mib=MEM_MIB,
-                   target_mib=TARGET_MIB) as b:
+                   target_mib=TARGET_MIB, boot_timeout=BOOT_TIMEOUT) as b:
         _dirs.setdefault(name, []).append(b.dir)
         log = lambda msg: print(f'# {name}/{host}: {msg}', flush=True)  # noqa: E731
         log(f'kernel {image.kver}, disk on {os.path.relpath(b.base, ROOT)}')
         b.qmp.cmd('qom-set', path='/machine/peripheral/balloon0',
                   property='guest-stats-polling-interval', value=2)
-        b.wait_line(TAG + ': installing', BOOT_TIMEOUT, 'cloud-init runs the user-data')
         b.wait_line(TAG + ': virtio_balloon_hp is up', INSTALL_TIMEOUT, 'driver up')
 
         dkms = [line for line in b.lines(TAG + ': dkms: ') if 'installed' in line]

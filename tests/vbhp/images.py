@@ -11,12 +11,13 @@ to the path the user-data names on its "<-- the package" line.
 import base64
 import os
 import re
+import shutil
 import subprocess
 import tempfile
 import time
 
 from . import CACHE, ROOT, MiB
-from .guest import PROBLEM_PATTERNS, RUN_DIR
+from .guest import PROBLEM_PATTERNS, RUN_DIR, BootCrash, boot_crash, boot_retrying
 from .hosts import Host
 from .qmp import Qmp
 
@@ -28,6 +29,7 @@ SUMMARY = re.compile(TAG + r': (PASS|FAIL) (\d+) passed, (\d+) failed, (\d+) ski
 # searched for kernel problems (cloud-init and systemd print words like
 # WARNING), less those that userspace logged through /dev/kmsg ("name[pid]: ").
 KERNEL_LINE = re.compile(r'^\[\s*\d+\.\d+\] (?![\w.@-]+\[\d+\]: )')
+FIRST_LINE = TAG + ': installing'  # what the user-data prints first
 
 def package_path_in_user_data():
     """The guest path the user-data installs the package from (its DEB= line)."""
@@ -60,9 +62,13 @@ class ImageBoot:
 
     with ImageBoot(image, 'stock', deb, base=None) as b:
         b.wait_line('virtio_balloon_hp is up', ...)
+    Entering returns once the user-data has printed its first line (within
+    boot_timeout s); a guest kernel that crashed before, with our driver
+    nowhere on the console, boots once more on a fresh overlay.
     The overlay (b.overlay) is kept for a later boot's base."""
 
-    def __init__(self, image, host, deb, base=None, mem_mib=2048, target_mib=None, smp=2):
+    def __init__(self, image, host, deb, base=None, mem_mib=2048, target_mib=None, smp=2,
+                 boot_timeout=600):
         """host: 'stock' (Debian's QEMU) or 'hp' (the reference host)."""
         self.image, self.host, self.deb = image, host, deb
         self.base = base or image.disk
@@ -71,14 +77,31 @@ class ImageBoot:
         self.proc = self.qmp = None
         self.t0 = None
         self.marks = {}  # what -> seconds since QEMU started
+        self.boot_timeout = boot_timeout
 
     def __enter__(self):
         try:
-            self.start()
+            boot_retrying(self._boot, self._discard, f'{self.image.name}/{self.host}')
         except BaseException:
             self.close()
             raise
         return self
+
+    def _boot(self):
+        self.start()
+        try:
+            self.wait_line(FIRST_LINE, self.boot_timeout, 'cloud-init runs the user-data')
+        except AssertionError as e:
+            crash = boot_crash(self.console(), self.kernel_problems())
+            if crash:
+                raise BootCrash(str(e), crash) from None
+            raise
+
+    def _discard(self):
+        """Forget a crashed boot: stop QEMU and remove its overlay and files."""
+        self.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+        self.marks = {}
 
     def __exit__(self, *exc):
         self.close()
