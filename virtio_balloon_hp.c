@@ -20,7 +20,10 @@
  * the buddy allocator in one piece.  Every 4 KiB frame of a held block is
  * marked PageOffline so dump tools and /proc/kcore readers skip it.  Only a
  * deflate that must end on a frame count smaller than the smallest held
- * block splits one block into order-0 pages (split_page()).
+ * block splits one block into order-0 pages (split_page()).  Blocks
+ * smaller than a pageblock and not of the host's block order (fallback
+ * blocks, and every block with page_order below pageblock order on a host
+ * of 4 KiB frames) are split as they join the balloon: see "Migration".
  *
  * Allocating is most of an inflate's cost when the kernel zeroes what it
  * allocates (init_on_alloc=1), so with inflate_workers > 1 a round's blocks
@@ -90,13 +93,15 @@
  * just deflated it is the reclaim/inflate loop that made upstream revert
  * its shrinker.
  *
- * Migration.  Order-0 blocks (page_order=0, fallback blocks of order 0 and
- * the pieces of a split block) are held on the kernel's balloon list
- * (vb->bdev) instead of our own, so that compaction, CMA, memory offlining
+ * Migration.  Order-0 blocks (page_order=0, the pieces of a split block,
+ * and blocks below a pageblock, which join the balloon as their pieces)
+ * are held on the kernel's balloon list (vb->bdev) instead of our own,
+ * so that compaction, CMA, memory offlining
  * and runtime huge page allocation can move them, as the in-tree driver's
  * pages move: vbhp_migratepage() tells the host about the new page, then
  * about the old one, through the same queues and under the same lock as
- * any inflate and deflate.  Larger blocks cannot move: the kernel's
+ * any inflate and deflate.  Blocks of a pageblock or more (and hp blocks)
+ * cannot move: the kernel's
  * balloon API migrates single pages only, and a whole block would need a
  * free block of its order to move into, which is what compaction is
  * trying to make.  A balloon of 2 MiB blocks instead never fragments
@@ -280,9 +285,8 @@ static void vbhp_blk_set_offline(struct page *page, unsigned int order,
  * as unmovable allocations they would steal and convert the movable
  * pageblocks of a fragmented guest, which compaction then no longer uses,
  * and the guest's own small allocations would start failing with memory
- * free.  Order-0 blocks migrate (see "Migration" in the design comment);
- * fallback blocks of orders 1 to pageblock_order - 1 cannot, and
- * compaction steps over them.
+ * free.  They are held as order-0 pieces, which migrate (see "Migration"
+ * in the design comment), so they pin no pageblock.
  *
  * No block comes from ZONE_MOVABLE (that takes __GFP_HIGHMEM and
  * __GFP_MOVABLE together), unlike the in-tree driver's pages: everything
@@ -334,16 +338,70 @@ static void vbhp_blk_free(struct vbhp *vb, struct page *page)
 }
 
 /*
+ * Whether a block of @order is held as order-0 pieces.  Blocks below a
+ * pageblock are movable allocations (vbhp_blk_gfp()): held whole they
+ * could not migrate, and each would pin a movable pageblock against
+ * compaction, CMA, memory offlining and runtime huge pages.  As pieces on
+ * the balloon list they migrate.  Blocks of the host's block order stay
+ * whole: the hp queues name them by one frame number each.
+ */
+static bool vbhp_blk_in_pieces(struct vbhp *vb, unsigned int order)
+{
+	return order && order < pageblock_order && order != vb->hp_order;
+}
+
+/*
+ * Break a block (held or not) into order-0 blocks on the tail of @list.
+ * Counted as a free at its order and allocations at order 0, so that per
+ * order alloc - free == held stays true.
+ */
+static void vbhp_blk_to_pieces(struct vbhp *vb, struct page *page,
+			       struct list_head *list)
+{
+	unsigned int order = page_private(page);
+	unsigned long i;
+
+	split_page(page, order);
+	for (i = 0; i < (1UL << order); i++) {
+		/* Only the head's private was ours: the others may be stale. */
+		set_page_private(page + i, 0);
+		list_add_tail(&page[i].lru, list);
+	}
+	vbhp_count(&vb->ostats[order][VBHP_OSTAT_FREE], 1);
+	vbhp_count(&vb->ostats[0][VBHP_OSTAT_ALLOC], 1L << order);
+}
+
+/*
+ * Hold order-0 blocks on the balloon list: pieces of a block, or blocks
+ * taken by vbhp_blk0_unhold() and not used.
+ */
+static void vbhp_blk0_hold_list(struct vbhp *vb, struct list_head *list)
+{
+	unsigned long n;
+
+	lockdep_assert_held(&vb->lock);
+	n = balloon_page_list_enqueue(&vb->bdev, list);
+	WRITE_ONCE(vb->nr_blocks[0], vb->nr_blocks[0] + n);
+}
+
+/*
  * Hold a block in the balloon: an order-0 block on the kernel's balloon
  * list, where it can migrate (its page->private then points at vb->bdev
- * instead of holding the order: read the order first), a larger one on
- * our own list.
+ * instead of holding the order: read the order first), a block that
+ * vbhp_blk_in_pieces() names as its pieces there, a larger one on our own
+ * list.
  */
 static void vbhp_blk_hold(struct vbhp *vb, struct page *page)
 {
 	unsigned int order = page_private(page);
+	LIST_HEAD(pieces);
 
 	lockdep_assert_held(&vb->lock);
+	if (vbhp_blk_in_pieces(vb, order)) {
+		vbhp_blk_to_pieces(vb, page, &pieces);
+		vbhp_blk0_hold_list(vb, &pieces);
+		return;
+	}
 	if (order)
 		list_add(&page->lru, &vb->blocks[order]);
 	else
@@ -382,16 +440,6 @@ static unsigned long vbhp_blk0_unhold(struct vbhp *vb, struct list_head *list,
 	return n;
 }
 
-/* Put back order-0 blocks taken by vbhp_blk0_unhold() and not used. */
-static void vbhp_blk0_hold_list(struct vbhp *vb, struct list_head *list)
-{
-	unsigned long n;
-
-	lockdep_assert_held(&vb->lock);
-	n = balloon_page_list_enqueue(&vb->bdev, list);
-	WRITE_ONCE(vb->nr_blocks[0], vb->nr_blocks[0] + n);
-}
-
 /* The host acknowledged these inflated blocks: they join the balloon. */
 static void vbhp_blk_hold_list(struct vbhp *vb, struct list_head *list)
 {
@@ -423,28 +471,15 @@ static void vbhp_blk_release_list(struct vbhp *vb, struct list_head *list)
 	}
 }
 
-/*
- * Split one held block into order-0 blocks, all still held.  Counted as a
- * free at its order and allocations at order 0, so that per order
- * alloc - free == held stays true.
- */
+/* Split one held block into order-0 blocks, all still held. */
 static void vbhp_blk_split(struct vbhp *vb, struct page *page)
 {
-	unsigned int order = page_private(page);
 	LIST_HEAD(pieces);
-	unsigned long i;
 
 	vbhp_blk_unhold(vb, page);
-	split_page(page, order);
-	for (i = 0; i < (1UL << order); i++) {
-		/* Only the head's private was ours: the others may be stale. */
-		set_page_private(page + i, 0);
-		list_add_tail(&page[i].lru, &pieces);
-	}
+	vbhp_blk_to_pieces(vb, page, &pieces);
 	vbhp_blk0_hold_list(vb, &pieces);
 	vbhp_count(&vb->stats[VBHP_STAT_SPLIT], 1);
-	vbhp_count(&vb->ostats[order][VBHP_OSTAT_FREE], 1);
-	vbhp_count(&vb->ostats[0][VBHP_OSTAT_ALLOC], 1L << order);
 }
 
 /*

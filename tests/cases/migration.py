@@ -69,3 +69,64 @@ def order0_pages_migrate_on_compaction(kernel):
 def fallback_pages_migrate_on_compaction(kernel):
     """page_order=9 on a fragmented guest: its order-0 fallback blocks move."""
     compaction_case(kernel, 9)
+
+
+OFFLINE_DEADLINE = 20  # s: offline_pages() retries until killed when a page cannot move
+
+
+def offline_block(g, block):
+    """Try to offline one memory block; 'offline', 'busy' (refused at once,
+    an unmovable page), or 'stuck' (still migrating after the deadline, and
+    killed: offline_pages() gives up only on a fatal signal)."""
+    state = f'/sys/devices/system/memory/{block}/state'
+    rc, out = g.run(f"timeout -s KILL {OFFLINE_DEADLINE} sh -c 'echo offline > {state}'",
+                    timeout=OFFLINE_DEADLINE + 30)
+    if rc == 0:
+        return 'offline'
+    return 'stuck' if rc in (124, 137) else 'busy'
+
+
+@test
+def small_blocks_let_memory_offline(kernel):
+    """page_order=8 on stock QEMU: blocks below a pageblock are movable
+    allocations (as every fallback block of orders 1 to 8 is).  Held as
+    order-0 pieces they migrate, so memory blocks that hold them go
+    offline (two are tried for, from the top), the host told of every
+    move; held whole, each such offline spun until killed.  The blocks
+    taken offline come back online, and the balloon's counts stay exact
+    throughout."""
+    with balloon_guest(kernel, 1024) as g:
+        b = Balloon(g)
+        b.load('page_order=8')
+        size = 640 * MiB  # 384 MiB ballooned: room left to move it into
+        b.settle(size)
+        b.check()
+        s0 = b.stats()
+        blocks = sorted(g.sh('ls /sys/devices/system/memory | grep ^memory').split(),
+                        key=lambda name: int(name[len('memory'):]), reverse=True)
+        seen, moved_out, offline = [], 0, []
+        for block in blocks[:-1]:  # memory0 holds the kernel
+            if moved_out == 2:
+                break
+            before = b.stats().get('migrations', 0)
+            state = offline_block(g, block)
+            moved = b.stats().get('migrations', 0) - before
+            seen.append(f'{block} {state}, {moved} ballooned pages moved')
+            if state == 'offline':
+                offline.append(block)
+                moved_out += moved > 0
+        g.log('; '.join(seen))
+        s = b.stats()
+        for block in offline:
+            g.sh(f'echo online_kernel > /sys/devices/system/memory/{block}/state')
+        assert moved_out, f'no memory block holding ballooned pages went offline: {seen}'
+        assert s0['held_o8'] == 0 and s0['held_o0'] == s0['current'], s0
+        moved = s['migrations'] - s0['migrations']
+        assert s['inflate_pfns'] - s0['inflate_pfns'] == moved, s
+        assert s['deflate_pfns'] - s0['deflate_pfns'] == moved, s
+        assert s['current'] == s0['current'] and b.actual() == size, (s, b.actual())
+        b.check()
+        b.settle(896 * MiB)
+        b.check()
+        g.sh('rmmod virtio_balloon_hp')
+        assert g.meminfo()['MemTotal'] == b.boot_kb
