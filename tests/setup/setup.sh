@@ -17,6 +17,7 @@ PACKAGES=(qemu-system-x86 busybox-static gcc make libc6-dev python3 cpio
           kmod sparse bc linux-source-6.1
           libelf1 libssl3 pahole   # needed by the kernels' kbuild tools
           mmdebstrap               # the trixie chroot
+          rsync                    # lib.mk's install rule (kselftest_kernel_runner)
           gnuplot-nox)             # make bench's plot
 START=$SECONDS
 LOG_TAG=setup
