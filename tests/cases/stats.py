@@ -132,12 +132,9 @@ def reload_and_reset(b):
     t = wait_until(b.last_update, 30, 'guest-stats last-update after rmmod + insmod',
                    ok=lambda t: t >= int(loaded) + 1)
     g.log(f'last-update {t}, {t - loaded:.1f} s after insmod began')
-    dev = g.sh('basename $(readlink /sys/bus/virtio/drivers/virtio_balloon_hp/virtio*)').strip()
-    drv = '/sys/bus/virtio/drivers/virtio_balloon_hp'
-    g.sh(f'echo {dev} > {drv}/unbind', timeout=120)
-    assert g.run(f'test -e {drv}/{dev}')[0] != 0, f'{dev} still bound after unbind'
+    dev = b.unbind()
     bound = time.time()
-    g.sh(f'echo {dev} > {drv}/bind', timeout=120)
+    b.bind(dev)
     t = wait_until(b.last_update, 30, f'guest-stats last-update after unbind + bind of {dev}',
                    ok=lambda t: t >= int(bound) + 1)
     g.log(f'last-update {t}, {t - bound:.1f} s after bind of {dev} began')

@@ -18,6 +18,7 @@ MODULE = '/lib/vbhp/virtio_balloon_hp.ko'
 HOOKS_MODULE = '/lib/vbhp/virtio_balloon_hp_hooks.ko'  # the test-hooks build (VBHP_TEST_HOOKS)
 INTREE_MODULE = '/lib/vbhp/virtio_balloon.ko'  # the kernel's own driver, in guests that carry it
 DEBUGFS = '/sys/kernel/debug/virtio_balloon_hp'
+DRIVER = '/sys/bus/virtio/drivers/virtio_balloon_hp'  # the driver in sysfs: bind, unbind
 BALLOON_DEV = '/machine/peripheral/balloon0'  # the balloon's QOM path (Host.balloon_device)
 SETTLE_TIMEOUT = 240  # seconds; TCG inflates a few hundred MiB/s
 
@@ -99,6 +100,33 @@ def trace_count(guest, event, since=0, **fields):
             found.append(rec)
     return found
 
+
+
+def guarded_gpas(g):
+    """Guest addresses of the blocks the host keeps unmapped now, from its
+    virtio_balloon_hp_guard trace events."""
+    gpas = set()
+    for rec in trace_count(g, 'virtio_balloon_hp_guard'):
+        (gpas.add if rec['op'] == 'protect' else gpas.discard)(int(rec['gpa'], 16))
+    return gpas
+
+
+def check_guard(g, b):
+    """QEMU is alive and guards exactly the order-9 blocks the guest holds
+    (none without the guard); return how many it guards."""
+    assert g.proc.poll() is None, f'QEMU died: exit {g.proc.returncode}'
+    held, guarded = b.stats()['held_o9'], len(guarded_gpas(g))
+    want = held if g.host.guard else 0
+    assert guarded == want, f'host guards {guarded} blocks, want {want} (order-9 blocks held {held})'
+    return guarded
+
+
+def use_freed_memory(g, b, mib):
+    """Allocate and touch @mib MiB in the guest: after a deflate this runs
+    over memory that was ballooned, which must be mapped again by now."""
+    rc, out = g.run(f'vbhp_alloc -m {mib}', timeout=180)
+    assert rc == 0, out
+    check_guard(g, b)
 
 class Balloon:
     """One guest's balloon, seen from the host and from the guest."""
@@ -188,6 +216,18 @@ class Balloon:
         return wait_until(self.stats, timeout,
                           f'{stalls} stalled inflate round(s): the balloon holds all it can',
                           ok=lambda s: s['inflate_stalls'] >= stalls)
+
+    def unbind(self, timeout=120):
+        """Unbind our driver from its device through sysfs (remove() runs:
+        the balloon deflates and the device is reset); return the device."""
+        dev = self.g.sh(f'basename $(readlink {DRIVER}/virtio*)').strip()
+        self.g.sh(f'echo {dev} > {DRIVER}/unbind', timeout=timeout)
+        assert self.g.run(f'test -e {DRIVER}/{dev}')[0] != 0, f'{dev} still bound after unbind'
+        return dev
+
+    def bind(self, dev, timeout=120):
+        """Bind our driver to @dev again (probe() runs)."""
+        self.g.sh(f'echo {dev} > {DRIVER}/bind', timeout=timeout)
 
     def held_below(self, order):
         """4 KiB pages held in blocks of order < @order."""
