@@ -1,0 +1,147 @@
+"""Stress (issue 10): many random targets on the guard host, removals while
+buffers are in flight, and random module parameters.  Each run prints its
+seed; VBHP_SEED=N repeats one.  Run by tests/run_tests.py."""
+import os
+import random
+import time
+
+from vbhp import MiB, wait_until
+from vbhp.balloon import Balloon, balloon_guest, check_guard, use_freed_memory
+from vbhp.runner import test
+
+PAGE = 4096
+
+
+def rng(g, what):
+    """A seeded random generator for one test, its seed on the log."""
+    seed = int(os.environ.get('VBHP_SEED', time.time_ns() % 1_000_000))
+    g.log(f'{what}: seed {seed} (VBHP_SEED={seed} repeats it)')
+    return random.Random(seed)
+
+
+def random_size(r, ram):
+    """A guest size between 3/8 of RAM (as much as a 1 GiB test guest can
+    give, its kernel, initramfs and the reserve aside) and all of it: a
+    whole number of 2 MiB blocks half the time, any number of 4 KiB pages
+    otherwise."""
+    size = r.randrange(ram * 3 // 8, ram + 1)
+    return size - size % (2 * MiB if r.random() < 0.5 else PAGE)
+
+
+@test
+def stress_random_targets(kernel):
+    """Guard host: 120 random targets, two in three replaced before they are
+    reached (buffers in flight both ways, blocks split by unaligned
+    targets).  Every third is waited for: then both sides agree, the
+    driver's counts are exact and the host guards exactly the blocks the
+    guest holds whole.  QEMU is alive throughout (no touch of a ballooned
+    block), and all memory comes back usable at the end."""
+    ram = 1024 * MiB
+    with balloon_guest(kernel, ram // MiB, guard=True) as g:
+        b = Balloon(g)
+        b.load()
+        r = rng(g, 'targets')
+        settled = moved = 0
+        for i in range(120):
+            size = random_size(r, ram)
+            if i % 3 == 2:
+                b.settle(size)
+                b.check()
+                check_guard(g, b)
+                settled += 1
+            else:
+                b.set_size(size)
+                time.sleep(r.uniform(0, 0.3))  # let some of it go out, not all
+                assert g.proc.poll() is None, f'QEMU died: exit {g.proc.returncode}'
+                moved += 1
+        s = b.stats()
+        g.log(f'{settled} targets reached and checked, {moved} replaced mid-flight; '
+              f'{s["splits"]} splits, {s["inflate_buffers"] + s["hp_inflate_buffers"]} '
+              f'inflate and {s["deflate_buffers"] + s["hp_deflate_buffers"]} deflate buffers')
+        b.settle(ram)
+        b.check()
+        assert check_guard(g, b) == 0
+        use_freed_memory(g, b, 700)
+
+
+def remove_mid_flight(g, b, r, how):
+    """Start a large inflate, remove the driver (rmmod or sysfs unbind) a
+    random moment later; the removal ends, the memory is all back, the
+    host sees the balloon empty.  Returns whether buffers were in flight."""
+    ram = g.mem_mib * MiB
+    b.set_size(ram // 4)
+    time.sleep(r.uniform(0, 1.5))
+    s = b.stats()
+    busy = bool(s['inflate_inflight'] or s['hp_inflate_inflight'] or s['current'] != s['target'])
+    if how == 'rmmod':
+        g.sh('rmmod virtio_balloon_hp', timeout=120)
+    else:
+        dev = b.unbind()
+    assert g.proc.poll() is None, f'QEMU died: exit {g.proc.returncode}'
+    assert g.meminfo()['MemTotal'] == b.boot_kb, 'memory missing after the removal'
+    wait_until(b.actual, 30, f'QMP actual == {ram} after {how}', ok=lambda a: a == ram)
+    if how == 'rmmod':
+        b.load()
+    else:
+        b.bind(dev)
+    b.set_size(ram)  # the new driver starts from an empty balloon
+    return busy
+
+
+@test
+def stress_remove_mid_flight(kernel):
+    """Guard host: 12 removals of the driver, by rmmod and by sysfs unbind
+    in turn, each a random moment into a 768 MiB inflate.  No removal
+    hangs, QEMU survives (no ballooned block touched), MemTotal and the
+    host's actual come back whole each time; the driver works after it."""
+    with balloon_guest(kernel, 1024, guard=True) as g:
+        b = Balloon(g)
+        b.load()
+        r = rng(g, 'removals')
+        busy = sum(remove_mid_flight(g, b, r, ('rmmod', 'unbind')[i % 2]) for i in range(12))
+        g.log(f'{busy} of 12 removals came while the inflate was under way')
+        b.settle(512 * MiB)
+        b.check()
+        check_guard(g, b)
+
+
+# parameter -> values to draw from: valid ones and ones past each end
+PARAMS = {
+    'page_order': (0, 1, 4, 8, 9, 10, 11, 12, 64, 4294967295),
+    'max_inflight': (0, 1, 2, 8, 64, 65, 1000),
+    'inflate_workers': (0, 1, 2, 16, 64, 65),
+    'reserve_mb': (0, 32, 4096),
+    'whole_blocks': (0, 1),
+}
+
+
+@test
+def module_parameter_fuzz(kernel):
+    """40 random sets of module parameters.  A set either loads, and the
+    balloon then inflates 64 MiB and deflates it exactly (no inflate with a
+    reserve larger than the guest), or is refused with a log line naming
+    the valid range; nothing in between, and no load leaves a trace."""
+    with balloon_guest(kernel, 1024) as g:
+        b = Balloon(g)
+        r = rng(g, 'parameters')
+        loaded = refused = 0
+        for _ in range(40):
+            params = ' '.join(f'{k}={r.choice(v)}' for k, v in PARAMS.items() if r.random() < 0.6)
+            g.sh('dmesg -c >/dev/null')  # busybox: clear the ring buffer
+            rc, out = g.run(f'insmod /lib/vbhp/virtio_balloon_hp.ko {params}')
+            if rc:
+                log = g.sh('dmesg')
+                assert 'valid' in log, f'{params!r} refused with no reason: {out}\n{log}'
+                assert g.run('test -e /sys/module/virtio_balloon_hp')[0] != 0, params
+                refused += 1
+                continue
+            loaded += 1
+            b.order = int(b.stats()['page_order'])
+            if 'reserve_mb=4096' not in params:
+                b.settle(960 * MiB)
+                b.settle(1024 * MiB)
+            b.check()
+            g.sh('rmmod virtio_balloon_hp', timeout=120)
+            assert g.meminfo()['MemTotal'] == b.boot_kb, params
+        g.log(f'{loaded} sets loaded and worked, {refused} refused with the valid range named')
+        assert loaded and refused, (loaded, refused)
