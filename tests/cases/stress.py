@@ -30,9 +30,9 @@ def random_size(r, ram):
 
 @test
 def stress_random_targets(kernel):
-    """Guard host: 120 random targets, two in three replaced before they are
-    reached (buffers in flight both ways, blocks split by unaligned
-    targets).  Every third is waited for: then both sides agree, the
+    """Guard host: 200 random targets, three in four replaced before they
+    are reached (buffers in flight both ways, blocks split by unaligned
+    targets).  Every fourth is waited for: then both sides agree, the
     driver's counts are exact and the host guards exactly the blocks the
     guest holds whole.  QEMU is alive throughout (no touch of a ballooned
     block), and all memory comes back usable at the end."""
@@ -42,9 +42,9 @@ def stress_random_targets(kernel):
         b.load()
         r = rng(g, 'targets')
         settled = moved = 0
-        for i in range(120):
+        for i in range(200):
             size = random_size(r, ram)
-            if i % 3 == 2:
+            if i % 4 == 3:
                 b.settle(size)
                 b.check()
                 check_guard(g, b)
