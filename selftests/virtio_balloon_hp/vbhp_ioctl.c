@@ -64,17 +64,6 @@ static int do_ioctl(int fd, unsigned long cmd, void *p)
 	return ioctl(fd, cmd, p) ? errno : 0;
 }
 
-static void get_stats(struct virtio_balloon_hp_stats *s)
-{
-	int err;
-
-	memset(s, 0, sizeof(*s));
-	s->size = sizeof(*s);
-	err = do_ioctl(dev_fd, IOC_STATS, s);
-	if (err)
-		ksft_exit_fail_msg("STATS failed: %s\n", ename(err));
-}
-
 /* A valid STATS argument in @arg. */
 static void stats_arg(void)
 {
@@ -99,49 +88,19 @@ static void valid_arg(unsigned long cmd)
 		stats_arg();
 }
 
-/* Nothing that a refused call could have moved has moved. */
-static int unchanged(const struct virtio_balloon_hp_stats *a,
-		     const struct virtio_balloon_hp_stats *b)
-{
-	return a->current_bytes == b->current_bytes &&
-	       !memcmp(a->od_events, b->od_events, sizeof(a->od_events)) &&
-	       !memcmp(a->od_bytes, b->od_bytes, sizeof(a->od_bytes)) &&
-	       a->od_below_4g_bytes == b->od_below_4g_bytes &&
-	       a->hold == b->hold;
-}
-
 /* @cmd on the prepared @arg fails with @want and changes nothing. */
 static void expect_refused(const char *what, unsigned long cmd, int want)
 {
 	struct virtio_balloon_hp_stats before, after;
 	int err, same;
 
-	get_stats(&before);
+	vbhp_get_stats(dev_fd, &before);
 	err = do_ioctl(dev_fd, cmd, &arg);
-	get_stats(&after);
-	same = unchanged(&before, &after);
+	vbhp_get_stats(dev_fd, &after);
+	same = vbhp_stats_unchanged(&before, &after);
 	ksft_test_result(err == want && same, "%s: %s (want %s), stats %s\n",
 			 what, ename(err), ename(want),
 			 same ? "unchanged" : "CHANGED");
-}
-
-/* The held blocks add up to current and every field is in its range. */
-static int stats_consistent(const struct virtio_balloon_hp_stats *s)
-{
-	unsigned long long held = 0, od = 0;
-	int o, t;
-
-	for (o = 0; o < VIRTIO_BALLOON_HP_ORDERS; o++) {
-		if (s->held_blocks[o] && o > (int)s->block_order)
-			return 0;
-		held += s->held_blocks[o] << (o + VIRTIO_BALLOON_HP_PFN_SHIFT);
-	}
-	for (t = 0; t < VIRTIO_BALLOON_HP_OD_NUM; t++)
-		od += s->od_bytes[t];
-	return held == s->current_bytes && s->od_below_4g_bytes <= od &&
-	       s->block_order < VIRTIO_BALLOON_HP_ORDERS &&
-	       s->deflate_on_oom <= 1 && s->hold <= 1 &&
-	       s->init_on_alloc <= 1 && s->init_on_free <= 1;
 }
 
 /* STATS works, writes back its own size, and is self-consistent. */
@@ -159,7 +118,7 @@ static void test_stats(void)
 		       s->block_order, s->deflate_on_oom, s->hold);
 	ksft_print_msg("init_on_alloc %u, init_on_free %u\n",
 		       s->init_on_alloc, s->init_on_free);
-	ksft_test_result(s->size == sizeof(*s) && stats_consistent(s),
+	ksft_test_result(s->size == sizeof(*s) && vbhp_stats_consistent(s),
 			 "STATS: size %u, held blocks add up to current %llu bytes\n",
 			 s->size, s->current_bytes);
 }
@@ -176,7 +135,7 @@ static void test_stats_grown(void)
 	for (i = ksize; i < ksize + 64; i++)
 		tail_zero &= !arg.raw[i];
 	ksft_test_result(!err && arg.s.size == ksize && tail_zero &&
-			 stats_consistent(&arg.s),
+			 vbhp_stats_consistent(&arg.s),
 			 "STATS size %zu, zero tail: %s, size written back %u\n",
 			 ksize + 64, ename(err), arg.s.size);
 }
@@ -192,7 +151,7 @@ static void test_stats_ver0(void)
 	size_t v0 = VIRTIO_BALLOON_HP_STATS_SIZE_VER0, i;
 	int err, untouched = 1;
 
-	get_stats(&now);
+	vbhp_get_stats(dev_fd, &now);
 	memset(&arg, 0xa5, sizeof(arg));
 	memset(&arg, 0, v0);
 	arg.s.size = v0;
@@ -271,7 +230,7 @@ static void test_zeroing(void)
 	struct virtio_balloon_hp_stats s;
 	struct vbhp_dbg *d = NULL;
 
-	get_stats(&s);
+	vbhp_get_stats(dev_fd, &s);
 	if (!access(VBHP_DEBUGFS, R_OK)) {
 		d = malloc(sizeof(*d));
 		if (!d)
@@ -344,7 +303,7 @@ static void test_enospc(__u32 flags, const char *where)
 	struct sysinfo si;
 	char what[96];
 
-	get_stats(&s);
+	vbhp_get_stats(dev_fd, &s);
 	if (sysinfo(&si))
 		ksft_exit_fail_msg("sysinfo: %s\n", strerror(errno));
 	ram = (unsigned long long)si.totalram * si.mem_unit;
@@ -394,7 +353,7 @@ static void test_eperm(void)
 		   MAP_SHARED | MAP_ANONYMOUS, -1, 0);
 	if (res == MAP_FAILED)
 		ksft_exit_fail_msg("mmap: %s\n", strerror(errno));
-	get_stats(&before);
+	vbhp_get_stats(dev_fd, &before);
 	fflush(stdout);
 	pid = fork();
 	if (pid < 0)
@@ -405,8 +364,8 @@ static void test_eperm(void)
 	    WEXITSTATUS(status))
 		ksft_exit_fail_msg("unprivileged child failed to set up: %s\n",
 				   ename(res[2]));
-	get_stats(&after);
-	same = unchanged(&before, &after);
+	vbhp_get_stats(dev_fd, &after);
+	same = vbhp_stats_unchanged(&before, &after);
 	ksft_test_result(res[0] == EPERM, "STATS as uid %d: %s (want EPERM)\n",
 			 NOBODY, ename(res[0]));
 	ksft_test_result(res[1] == EPERM && same,
@@ -421,7 +380,7 @@ static void test_eopnotsupp(void)
 	struct virtio_balloon_hp_stats s;
 	char what[64];
 
-	get_stats(&s);
+	vbhp_get_stats(dev_fd, &s);
 	if (s.deflate_on_oom) {
 		ksft_test_result_skip("EOPNOTSUPP: deflate-on-oom is negotiated\n");
 		return;
@@ -458,7 +417,7 @@ static void test_deflate(__u32 flags, const char *where)
 	long long t0, ms;
 	int err;
 
-	get_stats(&a);
+	vbhp_get_stats(dev_fd, &a);
 	if (!a.deflate_on_oom) {
 		ksft_test_result_skip("DEFLATE%s: no deflate-on-oom\n", where);
 		return;
@@ -472,7 +431,7 @@ static void test_deflate(__u32 flags, const char *where)
 	t0 = vbhp_now_ms();
 	err = do_ioctl(dev_fd, IOC_DEFLATE, &arg);
 	ms = vbhp_now_ms() - t0;
-	get_stats(&b);
+	vbhp_get_stats(dev_fd, &b);
 	if (!err)
 		ksft_print_msg("deflate %llu MiB took %lld ms%s\n",
 			       reserve >> 20, ms, flags ? " (below 4 GiB)" : "");

@@ -51,34 +51,6 @@ static __u64 rnd(__u64 n)
 	return n ? r % n : r;
 }
 
-static void get_stats(struct virtio_balloon_hp_stats *s)
-{
-	memset(s, 0, sizeof(*s));
-	s->size = sizeof(*s);
-	if (ioctl(dev_fd, IOC_STATS, s))
-		ksft_exit_fail_msg("STATS failed: %s\n", strerror(errno));
-}
-
-static int same(const struct virtio_balloon_hp_stats *a,
-		const struct virtio_balloon_hp_stats *b)
-{
-	return a->current_bytes == b->current_bytes &&
-	       !memcmp(a->od_events, b->od_events, sizeof(a->od_events)) &&
-	       !memcmp(a->od_bytes, b->od_bytes, sizeof(a->od_bytes)) &&
-	       a->hold == b->hold;
-}
-
-static int consistent(const struct virtio_balloon_hp_stats *s)
-{
-	__u64 held = 0;
-	unsigned int o;
-
-	for (o = 0; o < VIRTIO_BALLOON_HP_ORDERS; o++)
-		held += s->held_blocks[o] << (o + 12);
-	return held == s->current_bytes && s->block_order < VIRTIO_BALLOON_HP_ORDERS &&
-	       s->deflate_on_oom <= 1 && s->hold <= 1;
-}
-
 /* A command number: ours (any direction and size bits) or not ours. */
 static unsigned long pick_cmd(int *ours)
 {
@@ -159,9 +131,9 @@ static int one_call(unsigned long i)
 	cmd = pick_cmd(&ours);
 	d = pick_arg(cmd, &asked);
 
-	get_stats(&before);
+	vbhp_get_stats(dev_fd, &before);
 	err = ioctl(dev_fd, cmd, d) ? errno : 0;
-	get_stats(&after);
+	vbhp_get_stats(dev_fd, &after);
 	if (err && !errno_listed(err, ours)) {
 		ksft_print_msg("call %lu cmd %#lx: unlisted errno %s\n", i, cmd, strerror(err));
 		return 0;
@@ -169,7 +141,7 @@ static int one_call(unsigned long i)
 	if (err) {
 		n_refused++;
 		n_efault += err == EFAULT;
-		if (!same(&before, &after)) {
+		if (!vbhp_stats_unchanged(&before, &after)) {
 			ksft_print_msg("call %lu cmd %#lx refused (%s) but the balloon changed\n",
 				       i, cmd, strerror(err));
 			return 0;
@@ -224,16 +196,16 @@ int main(int argc, char **argv)
 	for (i = 0; i < calls && bad < 5; i++) {
 		bad += !one_call(i);
 		if (i % 500 == 499) {
-			get_stats(&s);
-			bad += !consistent(&s);
+			vbhp_get_stats(dev_fd, &s);
+			bad += !vbhp_stats_consistent(&s);
 		}
 	}
 	ksft_print_msg("%lu succeeded (%lu deflates), %lu refused (%lu EFAULT)\n",
 		       n_ok, n_deflated, n_refused, n_efault);
 	ksft_test_result(!bad, "%lu random calls: every result listed, refusals change nothing\n",
 			 i);
-	get_stats(&s);
-	ksft_test_result(consistent(&s), "STATS consistent after them: %llu MiB held\n",
+	vbhp_get_stats(dev_fd, &s);
+	ksft_test_result(vbhp_stats_consistent(&s), "STATS consistent after them: %llu MiB held\n",
 			 (unsigned long long)s.current_bytes >> 20);
 	close(dev_fd);
 	ksft_finished();

@@ -2,7 +2,8 @@
 /*
  * vbhp_lib.h - what the virtio_balloon_hp selftests share: finding the
  * module and its device, reading its debugfs counters and /proc/meminfo,
- * and the reasons a test does not apply (each a KSFT_SKIP with a reason).
+ * the ioctl device's STATS and its checks, and the reasons a test does
+ * not apply (each a KSFT_SKIP with a reason).
  * Header only, so that each program is one translation unit with one set
  * of TAP counters.
  */
@@ -15,9 +16,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
+
+#include <linux/virtio_balloon_hp.h>
 
 #include "vbhp_ksft.h"
 
@@ -281,6 +285,45 @@ static inline long vbhp_meminfo_kb(const char *field)
 			kb = atol(line + n + 1);
 	fclose(f);
 	return kb;
+}
+
+/* VIRTIO_BALLOON_HP_IOC_STATS on @fd into @s; the program fails if it does. */
+static inline void vbhp_get_stats(int fd, struct virtio_balloon_hp_stats *s)
+{
+	memset(s, 0, sizeof(*s));
+	s->size = sizeof(*s);
+	if (ioctl(fd, VIRTIO_BALLOON_HP_IOC_STATS, s))
+		ksft_exit_fail_msg("STATS failed: %s\n", strerror(errno));
+}
+
+/* Nothing that a refused call could have moved has moved from @a to @b. */
+static inline int vbhp_stats_unchanged(const struct virtio_balloon_hp_stats *a,
+				       const struct virtio_balloon_hp_stats *b)
+{
+	return a->current_bytes == b->current_bytes &&
+	       !memcmp(a->od_events, b->od_events, sizeof(a->od_events)) &&
+	       !memcmp(a->od_bytes, b->od_bytes, sizeof(a->od_bytes)) &&
+	       a->od_below_4g_bytes == b->od_below_4g_bytes &&
+	       a->hold == b->hold;
+}
+
+/* The held blocks add up to current and every field is in its range. */
+static inline int vbhp_stats_consistent(const struct virtio_balloon_hp_stats *s)
+{
+	unsigned long long held = 0, od = 0;
+	int o, t;
+
+	for (o = 0; o < VIRTIO_BALLOON_HP_ORDERS; o++) {
+		if (s->held_blocks[o] && o > (int)s->block_order)
+			return 0;
+		held += s->held_blocks[o] << (o + VIRTIO_BALLOON_HP_PFN_SHIFT);
+	}
+	for (t = 0; t < VIRTIO_BALLOON_HP_OD_NUM; t++)
+		od += s->od_bytes[t];
+	return held == s->current_bytes && s->od_below_4g_bytes <= od &&
+	       s->block_order < VIRTIO_BALLOON_HP_ORDERS &&
+	       s->deflate_on_oom <= 1 && s->hold <= 1 &&
+	       s->init_on_alloc <= 1 && s->init_on_free <= 1;
 }
 
 #endif /* VBHP_LIB_H */
