@@ -108,9 +108,9 @@ def small_blocks_let_memory_offline(kernel):
         for block in blocks[:-1]:  # memory0 holds the kernel
             if moved_out == 2:
                 break
-            before = b.stats().get('migrations', 0)
+            before = b.stats()['migrations']
             state = offline_block(g, block)
-            moved = b.stats().get('migrations', 0) - before
+            moved = b.stats()['migrations'] - before
             seen.append(f'{block} {state}, {moved} ballooned pages moved')
             if state == 'offline':
                 offline.append(block)

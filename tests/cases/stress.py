@@ -41,7 +41,7 @@ def stress_random_targets(kernel):
         b = Balloon(g)
         b.load()
         r = rng(g, 'targets')
-        settled = moved = 0
+        settled = replaced = 0
         for i in range(200):
             size = random_size(r, ram)
             if i % 4 == 3:
@@ -53,9 +53,9 @@ def stress_random_targets(kernel):
                 b.set_size(size)
                 time.sleep(r.uniform(0, 0.3))  # let some of it go out, not all
                 assert g.proc.poll() is None, f'QEMU died: exit {g.proc.returncode}'
-                moved += 1
+                replaced += 1
         s = b.stats()
-        g.log(f'{settled} targets reached and checked, {moved} replaced mid-flight; '
+        g.log(f'{settled} targets reached and checked, {replaced} replaced mid-flight; '
               f'{s["splits"]} splits, {s["inflate_buffers"] + s["hp_inflate_buffers"]} '
               f'inflate and {s["deflate_buffers"] + s["hp_deflate_buffers"]} deflate buffers')
         b.settle(ram)

@@ -101,7 +101,6 @@ def trace_count(guest, event, since=0, **fields):
     return found
 
 
-
 def guarded_gpas(g):
     """Guest addresses of the blocks the host keeps unmapped now, from its
     virtio_balloon_hp_guard trace events."""
@@ -127,6 +126,7 @@ def use_freed_memory(g, b, mib):
     rc, out = g.run(f'vbhp_alloc -m {mib}', timeout=180)
     assert rc == 0, out
     check_guard(g, b)
+
 
 class Balloon:
     """One guest's balloon, seen from the host and from the guest."""
