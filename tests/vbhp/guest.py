@@ -39,9 +39,14 @@ class BootCrash(RuntimeError):
 started_guests = []  # guests started by the running test; the runner checks and cleans them
 
 
-def boot_crash(console, problems):
-    """The first of the kernel problem lines of a boot, when the console does
-    not name our driver (so the crash cannot be ours); else None."""
+def boot_crash(console, problems, proc):
+    """What crashed a boot that never came up: the first of its kernel
+    problem lines, or QEMU's exit (a silent reset, such as a triple fault,
+    which -no-reboot turns into an exit with nothing on the console).  None
+    when there is neither, or when the console names our driver (the crash
+    may be ours)."""
+    if proc.poll() is not None:
+        problems = problems + [f'QEMU exited ({proc.returncode}) before the guest came up']
     if problems and 'virtio_balloon_hp' not in console:
         return problems[0]
     return None
@@ -156,7 +161,7 @@ class Guest:
             # A panic, or a hang (6.1 under TCG: CPU 0 looping in int3,
             # reported only as an RCU stall with its backtrace).
             stalls = [line for line in console.splitlines() if 'detected stalls' in line]
-            crash = boot_crash(console, stalls + self.kernel_problems())
+            crash = boot_crash(console, stalls + self.kernel_problems(), self.proc)
             if crash:
                 raise BootCrash(msg, crash) from None
             raise RuntimeError(msg) from None

@@ -92,7 +92,7 @@ class ImageBoot:
         try:
             self.wait_line(FIRST_LINE, self.boot_timeout, 'cloud-init runs the user-data')
         except AssertionError as e:
-            crash = boot_crash(self.console(), self.kernel_problems())
+            crash = boot_crash(self.console(), self.kernel_problems(), self.proc)
             if crash:
                 raise BootCrash(str(e), crash) from None
             raise
