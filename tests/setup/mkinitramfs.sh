@@ -1,8 +1,9 @@
 #!/bin/bash
 # mkinitramfs.sh KVER OUT.cpio.gz FILE...
 # Packs a busybox initramfs for a kernel extracted by setup.sh. Its /init loads
-# the virtio PCI transport (when modular), copies nothing else into the kernel
-# (no balloon driver), and runs a shell agent on /dev/ttyS1:
+# the virtio PCI transport (when modular) and virtio_blk, copies nothing else
+# into the kernel (no balloon driver), restores a hibernation image when the
+# command line says vbhp_resume=DISK, and runs a shell agent on /dev/ttyS1:
 #   guest prints "@@VBHP-READY" once, then for each line it reads runs
 #   sh -c "$line" and writes the output (stdout+stderr) and "@@VBHP-END <rc>".
 # FILEs land in /lib/vbhp/ (on PATH); *.ko.xz and *.ko.zst are decompressed to
@@ -36,9 +37,10 @@ for applet in $(busybox --list-full); do
     [[ -e $STAGE/$applet ]] || { mkdir -p "$STAGE/$(dirname "$applet")"; ln -s /bin/busybox "$STAGE/$applet"; }
 done
 
-# virtio PCI transport: built in from 6.12 on, modules on 6.1 (load order matters)
+# virtio PCI transport: built in from 6.12 on, modules on 6.1 (load order
+# matters); virtio_blk for the swap disk of the hibernation test
 MODULES=
-for m in virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci; do
+for m in virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci virtio_blk; do
     grep -q "/$m\.ko$" "$MODDIR/modules.builtin" && continue
     ko=$(find "$MODDIR/kernel" -regex ".*/$m\.ko\(\.xz\|\.zst\)?" -print -quit)
     [[ -n $ko ]] || { echo "$0: $m is neither built in nor a module of $KVER" >&2; exit 1; }
@@ -67,6 +69,17 @@ mkdir -p /tmp
 MODULES="$MODULES"
 for m in \$MODULES; do
     insmod /lib/modules/\$m.ko || echo "init: insmod \$m failed"
+done
+EOF
+cat >>"$STAGE/init" <<'EOF'
+# vbhp_resume=DISK: restore the hibernation image on DISK.  The kernel's own
+# resume= looks before this init has loaded virtio_blk, so it cannot.
+for arg in $(cat /proc/cmdline); do
+    case $arg in
+    vbhp_resume=*)
+        cat "/sys/block/${arg#vbhp_resume=}/dev" >/sys/power/resume ||
+            echo "init: no hibernation image restored from ${arg#vbhp_resume=}" ;;
+    esac
 done
 EOF
 cat >>"$STAGE/init" <<'EOF'

@@ -9,7 +9,7 @@ import subprocess
 import tempfile
 import time
 
-from . import CACHE, TESTS_DIR
+from . import CACHE, TESTS_DIR, MiB
 from .hosts import Host
 from .kernels import Kernel, find_kernel
 from .qmp import Qmp
@@ -19,6 +19,8 @@ BOOT_TIMEOUT = 120
 # agent markers (see mkinitramfs.sh), at a line start
 _READY = re.compile(rb'(?m)^@@VBHP-READY\n')
 _END = re.compile(rb'(?m)^@@VBHP-END (\d+)\n')
+_READY_OR_END = re.compile(rb'(?m)^@@VBHP-(?:READY|END (\d+))\n')
+HIBERNATE_TIMEOUT = 300  # to write the image and power off, or to restore it (TCG)
 
 PROBLEM_PATTERNS = ('WARNING:', 'BUG:', 'Oops', 'Out of memory', 'Killed process',
                     'possible circular locking', 'possible recursive locking',
@@ -83,11 +85,13 @@ class Guest:
     dir under .cache/run/; the runner removes it when the test passed."""
 
     def __init__(self, kernel='6.1', mem_mib=2048, smp=2, files=(), append='',
-                 host=None, qemu_args=()):
+                 host=None, qemu_args=(), swap_mib=0):
         self.kernel = kernel if isinstance(kernel, Kernel) else find_kernel(kernel)
         self.mem_mib, self.smp, self.files, self.append = mem_mib, smp, list(files), append
         self.host = host or Host()
         self.qemu_args = list(qemu_args)
+        self.swap_mib = swap_mib  # a virtio disk of this size to hibernate to (hibernate())
+        self._earlier_console = ''  # the console of the QEMU before a hibernation
         self.dir = self.console_path = self.proc = self.qmp = self._agent = None
         self._console_text = None  # snapshot taken when QEMU stops
         self.boot_seconds = None
@@ -107,6 +111,7 @@ class Guest:
         self.close()
         shutil.rmtree(self.dir, ignore_errors=True)
         self.proc = self.qmp = self._agent = self._console_text = None
+        self._earlier_console = ''
 
     def __exit__(self, *exc):
         self.close()
@@ -116,26 +121,55 @@ class Guest:
         os.makedirs(RUN_DIR, exist_ok=True)
         self.dir = tempfile.mkdtemp(prefix=f'{self.kernel.short}-', dir=RUN_DIR)
         self.console_path = os.path.join(self.dir, 'console.log')
-        initrd = os.path.join(self.dir, 'initramfs.cpio.gz')
-        subprocess.run([os.path.join(TESTS_DIR, 'setup', 'mkinitramfs.sh'), self.kernel.kver, initrd,
-                        *self.files], check=True)
+        subprocess.run([os.path.join(TESTS_DIR, 'setup', 'mkinitramfs.sh'), self.kernel.kver,
+                        os.path.join(self.dir, 'initramfs.cpio.gz'), *self.files], check=True)
+        if self.swap_mib:
+            with open(os.path.join(self.dir, 'swap.img'), 'wb') as f:
+                f.truncate(self.swap_mib * MiB)
+        self._launch()
+        try:
+            self._read_until(_READY, time.monotonic() + BOOT_TIMEOUT, f'boot ({BOOT_TIMEOUT} s)')
+        except (TimeoutError, ConnectionError) as e:
+            console = self.console()
+            msg = (f'guest did not come up ({e}); console tail:\n'
+                   + '\n'.join(console.splitlines()[-30:]))
+            # A panic, or a hang (6.1 under TCG: CPU 0 looping in int3,
+            # reported only as an RCU stall with its backtrace).
+            stalls = [line for line in console.splitlines() if 'detected stalls' in line]
+            crash = boot_crash(console, stalls + self.kernel_problems(), self.proc)
+            if crash:
+                raise BootCrash(msg, crash) from None
+            raise RuntimeError(msg) from None
+        self.boot_seconds = time.monotonic() - t0
 
+    def _launch(self, paused=False):
+        """Start QEMU on the files in self.dir (paused: with -S) and connect
+        the agent and QMP."""
         # QEMU connects to our agent socket at startup, so no guest output is lost.
         agent_path = os.path.join(self.dir, 'agent.sock')
+        qmp_path = os.path.join(self.dir, 'qmp.sock')
+        for path in (agent_path, qmp_path):
+            if os.path.exists(path):
+                os.unlink(path)
         listener = socket.socket(socket.AF_UNIX)
         listener.bind(agent_path)
         listener.listen(1)
-        cmdline = f'console=ttyS0 panic=-1 {self.append}'.strip()
-        qmp_path = os.path.join(self.dir, 'qmp.sock')
+        resume = 'vbhp_resume=vda' if self.swap_mib else ''  # see mkinitramfs.sh
+        cmdline = ' '.join(f'console=ttyS0 panic=-1 {self.append} {resume}'.split())
         argv = self.host.argv(self.mem_mib, self.smp, os.path.join(self.dir, 'trace.log'))
         argv += ['-nodefaults', '-nographic', '-no-reboot',
-                 '-kernel', self.kernel.vmlinuz, '-initrd', initrd, '-append', cmdline,
+                 '-kernel', self.kernel.vmlinuz, '-initrd', os.path.join(self.dir, 'initramfs.cpio.gz'),
+                 '-append', cmdline,
                  '-serial', f'file:{self.console_path}',
                  '-chardev', f'socket,id=agent,path={agent_path}',
                  '-serial', 'chardev:agent',
                  '-qmp', f'unix:{qmp_path},server=on,wait=off', *self.qemu_args]
+        if self.swap_mib:
+            argv += ['-drive', f'file={os.path.join(self.dir, "swap.img")},if=virtio,format=raw']
+        if paused:
+            argv.append('-S')
         self.qemu_log = os.path.join(self.dir, 'qemu.log')
-        with open(self.qemu_log, 'w') as log:
+        with open(self.qemu_log, 'a') as log:
             log.write(' '.join(argv) + '\n')
             log.flush()
             self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
@@ -152,20 +186,6 @@ class Guest:
         listener.close()
         self._rbuf = b''
         self.qmp = Qmp(qmp_path)
-        try:
-            self._read_until(_READY, time.monotonic() + BOOT_TIMEOUT, f'boot ({BOOT_TIMEOUT} s)')
-        except (TimeoutError, ConnectionError) as e:
-            console = self.console()
-            msg = (f'guest did not come up ({e}); console tail:\n'
-                   + '\n'.join(console.splitlines()[-30:]))
-            # A panic, or a hang (6.1 under TCG: CPU 0 looping in int3,
-            # reported only as an RCU stall with its backtrace).
-            stalls = [line for line in console.splitlines() if 'detected stalls' in line]
-            crash = boot_crash(console, stalls + self.kernel_problems(), self.proc)
-            if crash:
-                raise BootCrash(msg, crash) from None
-            raise RuntimeError(msg) from None
-        self.boot_seconds = time.monotonic() - t0
 
     def _read_until(self, marker, deadline, what):
         """Read agent bytes until the regex marker matches; return (bytes before, match)."""
@@ -211,6 +231,39 @@ class Guest:
             raise AssertionError(f'guest command failed with {rc}: {cmd}\n{out}')
         return out
 
+    def hibernate(self, before_cont=None):
+        """Hibernate to the swap disk (swap_mib), power off, and restore in a
+        new QEMU on the same disk.  The agent, still waiting for its
+        hibernate command to return, answers on the new QEMU's socket.  The
+        new QEMU starts paused: before_cont(qmp) sets what a host carries
+        over a restart (a balloon target) before any guest code runs.
+        Returns the seconds to write the image and to restore it."""
+        assert self.swap_mib, 'a guest to hibernate needs swap_mib'
+        self.sh('grep -q ^/dev/vda /proc/swaps || { mkswap /dev/vda && swapon /dev/vda; }')
+        t0 = time.monotonic()
+        self._agent.sendall(b'echo shutdown > /sys/power/disk && echo disk > /sys/power/state\n')
+        try:
+            out, m = self._read_until(_END, t0 + HIBERNATE_TIMEOUT, 'hibernation to power off')
+            raise AssertionError(f'hibernation failed ({m.group(1).decode()}): {out.decode(errors="replace")}')
+        except ConnectionError:
+            pass  # QEMU powered off
+        assert self.proc.wait(10) == 0, f'QEMU exited with {self.proc.returncode} at power off'
+        saved = time.monotonic() - t0
+        self._earlier_console = self.console()
+        os.rename(self.console_path, os.path.join(self.dir, 'console-hibernated.log'))
+        self.close()
+        self._console_text = None
+        t0 = time.monotonic()
+        self._launch(paused=True)
+        if before_cont:
+            before_cont(self.qmp)
+        self.qmp.cmd('cont')
+        out, m = self._read_until(_READY_OR_END, t0 + HIBERNATE_TIMEOUT, 'the restored agent')
+        if m.group(1) is None:
+            raise AssertionError('the guest booted afresh: no hibernation image was restored')
+        assert m.group(1) == b'0', f'hibernate command failed after restore: {out.decode(errors="replace")}'
+        return saved, time.monotonic() - t0
+
     def log(self, msg):
         """Report something the test measured, as TAP comment lines."""
         for line in str(msg).splitlines():
@@ -239,13 +292,13 @@ class Guest:
             return ''
 
     def console(self):
-        """Text of the guest console (ttyS0) so far."""
+        """Text of the guest console (ttyS0) so far, across hibernations."""
         if self._console_text is not None:
             return self._console_text
         if not (self.console_path and os.path.exists(self.console_path)):
-            return ''
+            return self._earlier_console
         with open(self.console_path, errors='replace') as f:
-            return f.read()
+            return self._earlier_console + f.read()
 
     def kernel_problems(self):
         """Console lines that show a kernel warning, bug, oops, OOM, lockdep or hang report.
