@@ -323,6 +323,36 @@ def suspend_resume(kernel):
         b.check()
 
 
+@test
+def hibernate_restore(kernel):
+    """Hibernation for real: the image goes to a swap disk, QEMU powers off,
+    and a new QEMU on the same disk, given the same target before the guest
+    runs, restores it.  The balloon empties through the host when the image
+    is written and refills after the restore; MemTotal and actual agree."""
+    with balloon_guest(kernel, 2048, swap_mib=1024) as g:
+        b = Balloon(g)
+        b.load()
+        b.settle(1024 * MiB)
+        before = b.stats()
+        pid = g.sh('sleep 100000 >/dev/null 2>&1 & echo $!').strip()
+        saved, restored = g.hibernate(lambda qmp: qmp.cmd('balloon', value=1024 * MiB))
+        g.log(f'image written and powered off in {saved:.1f} s, restored in {restored:.1f} s')
+        assert g.run(f'kill -0 {pid}')[0] == 0, 'a process of the hibernated guest is gone'
+        wait_until(b.actual, 120, 'refilled after restore', ok=lambda a: a == 1024 * MiB)
+        b.settle(1024 * MiB)
+        b.check()
+        # The image holds the balloon as freeze left it, empty: the restored
+        # kernel freed each block once and allocated it once again.
+        s = b.stats()
+        freed, refilled = (s[f'{k}_o9'] - before[f'{k}_o9'] for k in ('free', 'alloc'))
+        g.log(f'after restore: {s["current"] >> 8} MiB ballooned, MemTotal '
+              f'{g.meminfo()["MemTotal"] >> 10} MiB; {freed} blocks freed at freeze, '
+              f'{refilled} allocated again')
+        assert freed == refilled == 512, (freed, refilled)
+        b.settle(2048 * MiB)
+        b.check()
+
+
 @test(matrix=True)
 def rmmod_returns_everything(kernel):
     """rmmod with a full balloon: MemTotal exact, host sees all RAM again."""
