@@ -15,12 +15,8 @@ DROP_TIMEOUT = 120  # seconds for the host's RSS to fall after the guest frees
 
 
 def qemu_rss(g):
-    """QEMU's resident memory in bytes (VmRSS of /proc/PID/status)."""
-    with open(f'/proc/{g.proc.pid}/status') as f:
-        for line in f:
-            if line.startswith('VmRSS:'):
-                return int(line.split()[1]) * 1024
-    raise AssertionError('no VmRSS in QEMU status')
+    """QEMU's resident memory in bytes."""
+    return g.qemu_status()['VmRSS']
 
 
 def features(g):

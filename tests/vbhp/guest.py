@@ -85,13 +85,18 @@ class Guest:
     dir under .cache/run/; the runner removes it when the test passed."""
 
     def __init__(self, kernel='6.1', mem_mib=2048, smp=2, files=(), append='',
-                 host=None, qemu_args=(), swap_mib=0):
+                 host=None, qemu_args=(), swap_mib=0, at_start=None):
         self.kernel = kernel if isinstance(kernel, Kernel) else find_kernel(kernel)
         self.mem_mib, self.smp, self.files, self.append = mem_mib, smp, list(files), append
         self.host = host or Host()
         self.qemu_args = list(qemu_args)
         self.swap_mib = swap_mib  # a virtio disk of this size to hibernate to (hibernate())
         self._earlier_console = ''  # the console of the QEMU before a hibernation
+        # at_start(qmp) runs while QEMU waits (-S) before the guest's first
+        # instruction: what a host sets before it starts a guest (a target)
+        self.at_start = at_start
+        # time.time() (QMP's event clock) when QEMU started, when the agent came up
+        self.launched = self.up_at = None
         self.dir = self.console_path = self.proc = self.qmp = self._agent = None
         self._console_text = None  # snapshot taken when QEMU stops
         self.boot_seconds = None
@@ -126,7 +131,10 @@ class Guest:
         if self.swap_mib:
             with open(os.path.join(self.dir, 'swap.img'), 'wb') as f:
                 f.truncate(self.swap_mib * MiB)
-        self._launch()
+        self._launch(paused=self.at_start is not None)
+        if self.at_start:
+            self.at_start(self.qmp)
+            self.qmp.cmd('cont')
         try:
             self._read_until(_READY, time.monotonic() + BOOT_TIMEOUT, f'boot ({BOOT_TIMEOUT} s)')
         except (TimeoutError, ConnectionError) as e:
@@ -140,6 +148,7 @@ class Guest:
             if crash:
                 raise BootCrash(msg, crash) from None
             raise RuntimeError(msg) from None
+        self.up_at = time.time()
         self.boot_seconds = time.monotonic() - t0
 
     def _launch(self, paused=False):
@@ -173,6 +182,7 @@ class Guest:
             log.write(' '.join(argv) + '\n')
             log.flush()
             self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+        self.launched = time.time()
         listener.settimeout(1)
         deadline = time.monotonic() + 30
         while self._agent is None:
@@ -299,6 +309,24 @@ class Guest:
             return self._earlier_console
         with open(self.console_path, errors='replace') as f:
             return self._earlier_console + f.read()
+
+    def qemu_status(self):
+        """QEMU's process as the host sees it: VmRSS and VmHWM (its peak) in
+        bytes from /proc/PID/status; minflt and majflt, the page faults it
+        took so far, and cpu_s, its user + system seconds, from /proc/PID/stat."""
+        with open(f'/proc/{self.proc.pid}/status') as f:
+            status = dict(line.split(':', 1) for line in f if ':' in line)
+        with open(f'/proc/{self.proc.pid}/stat') as f:
+            stat = f.read().rsplit(')', 1)[1].split()  # fields from the 3rd (state) on
+        return dict(VmRSS=int(status['VmRSS'].split()[0]) * 1024,
+                    VmHWM=int(status['VmHWM'].split()[0]) * 1024,
+                    minflt=int(stat[7]), majflt=int(stat[9]),
+                    cpu_s=(int(stat[11]) + int(stat[12])) / os.sysconf('SC_CLK_TCK'))
+
+    def qemu_reset_peak(self):
+        """Restart QEMU's VmHWM from its VmRSS now (clear_refs, value 5)."""
+        with open(f'/proc/{self.proc.pid}/clear_refs', 'w') as f:
+            f.write('5')
 
     def kernel_problems(self):
         """Console lines that show a kernel warning, bug, oops, OOM, lockdep or hang report.
