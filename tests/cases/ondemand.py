@@ -5,7 +5,7 @@ import re
 import time
 
 from vbhp import MiB, wait_until
-from vbhp.balloon import HOOKS_MODULE, Balloon, alloc_ms, balloon_guest, suspend, trace_count
+from vbhp.balloon import od_pages, HOOKS_MODULE, Balloon, alloc_ms, balloon_guest, suspend, trace_count
 from vbhp.build import build_module
 from vbhp.runner import test
 
@@ -22,24 +22,11 @@ def od_events(s):
     return sum(s[f'od_{t}_events'] for t in ('shrinker', 'oom', 'ioctl'))
 
 
-def od_pages(s):
-    return sum(s[f'od_{t}_pages'] for t in ('shrinker', 'oom', 'ioctl'))
-
-
-def host_follows(b):
-    """The host's actual equals RAM minus what the guest holds, and the host
-    got a BALLOON_CHANGE event saying so."""
-    want = b.ram - b.stats()['current'] * 4096
-    wait_until(b.actual, 10, f'QMP actual == {want}', ok=lambda a: a == want)
-    b.g.qmp.wait_event('BALLOON_CHANGE', lambda ev: ev['data']['actual'] == want, 10)
-    return want
-
-
 def back_to_normal(b, size):
     """After an on-demand deflate: the host saw it, the guest's books are
     consistent; then the host writes its target again, the hold ends and
     the balloon grows; finally it empties."""
-    host_follows(b)
+    b.host_follows()
     b.check(settled=False)
     before = b.stats()['current']
     b.set_size(size)
@@ -96,7 +83,7 @@ def on_demand_oom_notifier(kernel):
         assert s['od_shrinker_events'] == 0 and s['od_oom_events'] > 0, s
         assert s['od_oom_pages'] == s['od_oom_events'] * (64 * MiB // 4096), s
         assert s0['current'] - s['current'] == s['od_oom_pages'], (s0, s)
-        host_follows(b)
+        b.host_follows()
         b.check(settled=False)
 
 
@@ -198,7 +185,7 @@ def on_demand_dma32_below_4g(kernel):
         assert s['od_shrinker_events'] > 0 and od_pages(s) == s['od_below_4g_pages'], s
         assert hints, 'the host saw no deflate'
         assert all(int(r['gpa'], 16) + (2 * MiB) <= 4096 * MiB for r in hints), hints
-        host_follows(b)
+        b.host_follows()
         g.sh('rmmod vbhp_dma')
         b.check(settled=False)
 

@@ -2,8 +2,9 @@
 # mkinitramfs.sh KVER OUT.cpio.gz FILE...
 # Packs a busybox initramfs for a kernel extracted by setup.sh. Its /init loads
 # the virtio PCI transport (when modular) and virtio_blk, copies nothing else
-# into the kernel (no balloon driver), restores a hibernation image when the
-# command line says vbhp_resume=DISK, and runs a shell agent on /dev/ttyS1:
+# into the kernel (no balloon driver unless the command line says
+# vbhp_insmod=MODULE[,PARAM=VALUE...]), restores a hibernation image when it
+# says vbhp_resume=DISK, and runs a shell agent on /dev/ttyS1:
 #   guest prints "@@VBHP-READY" once, then for each line it reads runs
 #   sh -c "$line" and writes the output (stdout+stderr) and "@@VBHP-END <rc>".
 # FILEs land in /lib/vbhp/ (on PATH); *.ko.xz and *.ko.zst are decompressed to
@@ -74,8 +75,12 @@ EOF
 cat >>"$STAGE/init" <<'EOF'
 # vbhp_resume=DISK: restore the hibernation image on DISK.  The kernel's own
 # resume= looks before this init has loaded virtio_blk, so it cannot.
+# vbhp_insmod=MODULE[,PARAM=VALUE...]: load MODULE here, as an initramfs
+# that carries the balloon driver does, before the agent starts.
 for arg in $(cat /proc/cmdline); do
     case $arg in
+    vbhp_insmod=*)
+        insmod $(echo "${arg#vbhp_insmod=}" | tr , ' ') || echo "init: $arg failed" ;;
     vbhp_resume=*)
         cat "/sys/block/${arg#vbhp_resume=}/dev" >/sys/power/resume ||
             echo "init: no hibernation image restored from ${arg#vbhp_resume=}" ;;

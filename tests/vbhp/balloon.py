@@ -34,18 +34,46 @@ def guest_files(kernel, hooks=False, extra=()):
 
 def balloon_guest(kernel, mem_mib, hp=False, deflate_on_oom=False, hooks=False,
                   extra_files=(), files=None, trace=None, reporting=False, page_poison=True,
-                  free_page_hint=False, hugetlb=False, guard=False, **kw):
+                  free_page_hint=False, hugetlb=False, guard=False, reference=False,
+                  hotplug=False, **kw):
     """A Guest with guest_files() (or @files) on Host(@hp, @deflate_on_oom,
-    @reporting, @page_poison, @free_page_hint, @hugetlb, @guard): hp (and
-    guard), the reference host with hp blocks of HP_ORDER, its hp trace
-    events logged unless @trace names others."""
+    @reporting, @page_poison, @free_page_hint, @hugetlb, @guard, @reference,
+    @hotplug):
+    hp (and guard), the reference host with hp blocks of HP_ORDER, its hp
+    trace events logged unless @trace names others."""
     if files is None:
         files = guest_files(kernel, hooks, extra_files)
     hp = hp or guard
     host = Host(hp, deflate_on_oom, trace=HP_TRACE if hp and trace is None else trace,
                 reporting=reporting, page_poison=page_poison, free_page_hint=free_page_hint,
-                hugetlb=hugetlb, guard=guard)
+                hugetlb=hugetlb, guard=guard, reference=reference, hotplug=hotplug)
     return Guest(kernel=kernel, mem_mib=mem_mib, files=files, host=host, **kw)
+
+
+def boot_ballooned(kernel, mem_mib, size, module=MODULE, params='page_order=9', append='',
+                   **kw):
+    """A balloon_guest booted ballooned: QEMU starts paused, is told to give
+    the guest @size bytes (QMP balloon) before the guest's first
+    instruction, and the initramfs loads @module with @params before the
+    agent starts, as a guest image whose initramfs carries the driver does."""
+    insmod = ','.join([module] + params.split())
+    return balloon_guest(kernel, mem_mib, append=f'{append} vbhp_insmod={insmod}',
+                         at_start=lambda qmp: qmp.cmd('balloon', value=int(size)), **kw)
+
+
+def od_pages(s):
+    """4 KiB pages deflated on demand so far (shrinker, OOM notifier,
+    ioctl), from the driver's stats @s."""
+    return sum(s[f'od_{t}_pages'] for t in ('shrinker', 'oom', 'ioctl'))
+
+
+def target_reached_at(g, size, timeout=300):
+    """Seconds from QEMU's start to the BALLOON_CHANGE event that reported
+    @size (QEMU stamps each event with the host's wall clock when it
+    happens, before its rate limit holds it back)."""
+    ev = g.qmp.wait_event('BALLOON_CHANGE', lambda e: e['data']['actual'] == size, timeout)
+    ts = ev['timestamp']
+    return ts['seconds'] + ts['microseconds'] / 1e6 - g.launched
 
 
 def suspend(guest):
@@ -137,6 +165,10 @@ class Balloon:
         self.doom = guest.host.deflate_on_oom
         self.order = None
         self.boot_kb = guest.meminfo()['MemTotal']
+        if guest.run(f'test -e {DEBUGFS}')[0] == 0:  # booted ballooned: once it settled
+            s = self.stats()
+            self.order = s['page_order']
+            self.boot_kb += 0 if self.doom else s['current'] * 4
 
     def load(self, params='page_order=9', module=MODULE):
         """insmod our module (or another build of it, or INTREE_MODULE)."""
@@ -194,6 +226,14 @@ class Balloon:
         self.g.qmp.wait_event('BALLOON_CHANGE',
                               lambda ev: ev['data']['actual'] == size, 10)
         return time.monotonic() - start
+
+    def host_follows(self):
+        """The host's actual equals RAM minus what the guest holds, and the
+        host got a BALLOON_CHANGE event saying so; returns that size."""
+        want = self.ram - self.stats()['current'] * 4096
+        wait_until(self.actual, 10, f'QMP actual == {want}', ok=lambda a: a == want)
+        self.g.qmp.wait_event('BALLOON_CHANGE', lambda ev: ev['data']['actual'] == want, 10)
+        return want
 
     @staticmethod
     def _settled(s, target):

@@ -36,15 +36,21 @@ class Host:
     backend; the pool must hold them: hugetlb_pool());
     guard: the guard host (reference host with guard=on, implies hp): hp
     blocks are unmapped from their inflate to their deflate, and a touch of
-    one kills QEMU with SIGSEGV."""
+    one kills QEMU with SIGSEGV;
+    reference: the reference host's binary even without hp, where its
+    device speaks the stock protocol (hp-block-order off): a comparison of
+    both protocols on one QEMU (make bench);
+    hotplug: the balloon sits on a PCIe root port, so QMP device_del can
+    unplug it (the root bus cannot)."""
 
     def __init__(self, hp=False, deflate_on_oom=False, trace=None, reporting=False,
-                 page_poison=True, free_page_hint=False, hugetlb=False, guard=False):
+                 page_poison=True, free_page_hint=False, hugetlb=False, guard=False,
+                 reference=False, hotplug=False):
         self.hp, self.deflate_on_oom, self.trace = hp or guard, deflate_on_oom, trace
         self.reporting, self.page_poison = reporting, page_poison
         self.free_page_hint = free_page_hint
-        self.hugetlb, self.guard = hugetlb, guard
-        self.qemu = HP_QEMU if self.hp else STOCK_QEMU
+        self.hugetlb, self.guard, self.hotplug = hugetlb, guard, hotplug
+        self.qemu = HP_QEMU if self.hp or reference else STOCK_QEMU
 
     def balloon_device(self):
         """The -device value of the balloon (QOM id balloon0)."""
@@ -53,7 +59,8 @@ class Host:
                 + ',free-page-reporting=on' * self.reporting
                 + ',page-poison=off' * (not self.page_poison)
                 + ',free-page-hint=on,iothread=vbhp-io' * self.free_page_hint
-                + ',guard=on' * self.guard)
+                + ',guard=on' * self.guard
+                + ',bus=vbhp-port' * self.hotplug)
 
     def argv(self, mem_mib, smp, trace_log):
         """QEMU's command line up to the guest's own files and sockets: binary,
@@ -61,8 +68,10 @@ class Host:
         memory, CPUs, the balloon device and the trace log."""
         kvm = kvm_usable()
         argv = [self.qemu, '-machine', 'q35', '-accel', 'kvm' if kvm else 'tcg,thread=multi',
-                '-cpu', 'host' if kvm else 'max', '-m', str(mem_mib), '-smp', str(smp),
-                '-device', self.balloon_device()]
+                '-cpu', 'host' if kvm else 'max', '-m', str(mem_mib), '-smp', str(smp)]
+        if self.hotplug:
+            argv += ['-device', 'pcie-root-port,id=vbhp-port,chassis=1']
+        argv += ['-device', self.balloon_device()]
         if self.free_page_hint:
             argv += ['-object', 'iothread,id=vbhp-io']
         if self.hugetlb:
