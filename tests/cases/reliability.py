@@ -1,12 +1,14 @@
-"""Reliability: a device that refuses buffers, breaks, or fails to come
-back from suspend loses nothing and hangs nothing.  The faults come from
-the test-hooks build (VBHP_TEST_HOOKS); the host is stock QEMU.  Run by
-tests/run_tests.py."""
+"""Reliability: a device that refuses buffers, breaks, fails to come back
+from suspend, or is unplugged mid-inflate loses nothing and hangs nothing.
+The faults come from the test-hooks build (VBHP_TEST_HOOKS) or from the
+host (QMP device_del); the host is stock QEMU.  Run by tests/run_tests.py."""
+import itertools
 import re
 import time
 
 from vbhp import MiB, wait_until
-from vbhp.balloon import HOOKS_MODULE, Balloon, balloon_guest, suspend
+from vbhp.balloon import DRIVER, HOOKS_MODULE, Balloon, balloon_guest, suspend
+from vbhp.qmp import QmpError
 from vbhp.runner import test
 
 HOOK = '/sys/kernel/debug/virtio_balloon_hp_'   # + fail_sends, break, fail_restore
@@ -125,3 +127,48 @@ def whole_block_buffers_lose_nothing(kernel):
             g.sh('rmmod virtio_balloon_hp')
             assert g.meminfo()['MemTotal'] == b.boot_kb
             assert b.actual() == 2048 * MiB, b.actual()
+
+
+def bound_devices(g):
+    """The virtio devices our driver is bound to, from sysfs."""
+    return g.sh(f'ls {DRIVER} | grep ^virtio || true').split()
+
+
+@test
+def unplug_mid_inflate(kernel):
+    """QMP device_del of the balloon (on a PCIe root port) while it
+    inflates, as a host's management stack does it.  The targets keep
+    moving until the guest lets go of the device, so remove() runs with the
+    balloon busy.  The host gets DEVICE_DELETED, the guest has all its
+    memory back, nothing hangs; a balloon plugged in again works."""
+    with balloon_guest(kernel, 2048, hotplug=True) as g:
+        b = Balloon(g)
+        b.load()
+        b.set_size(512 * MiB)
+        wait_until(lambda: b.stats()['current'], 120, 'the inflate under way',
+                   ok=lambda c: c >= (256 * MiB) >> 12)
+        s = b.stats()
+        t = time.monotonic()
+        g.qmp.cmd('device_del', id='balloon0')
+        sizes = itertools.cycle((1536 * MiB, 512 * MiB))
+
+        def deleted():
+            if g.qmp.events('DEVICE_DELETED'):
+                return True
+            try:
+                b.set_size(next(sizes))
+            except QmpError:
+                pass  # QEMU has let go of the balloon already
+            return False
+
+        wait_until(deleted, 120, 'DEVICE_DELETED after device_del', interval=0.5)
+        g.log(f'device_del with {s["current"] >> 8} of {s["target"] >> 8} MiB ballooned; '
+              f'DEVICE_DELETED {time.monotonic() - t:.1f} s later')
+        assert not bound_devices(g), bound_devices(g)
+        assert g.meminfo()['MemTotal'] == b.boot_kb, 'memory not all given back'
+        g.qmp.cmd('device_add', driver='virtio-balloon-pci', id='balloon0', bus='vbhp-port')
+        wait_until(lambda: bound_devices(g), 60, 'the driver to bind the new balloon')
+        b.settle(1024 * MiB)
+        b.check()
+        g.sh('rmmod virtio_balloon_hp')
+        assert g.meminfo()['MemTotal'] == b.boot_kb
