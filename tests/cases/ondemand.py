@@ -192,7 +192,7 @@ def on_demand_dma32_below_4g(kernel):
 
 @test
 def on_demand_no_ping_pong(kernel):
-    """60 s of steady pressure with a fixed target: after the first
+    """30 s of steady pressure with a fixed target: after the first
     on-demand deflate the balloon does not inflate again (no reclaim /
     inflate loop), and the counters stay bounded."""
     with balloon_guest(kernel, 2048, deflate_on_oom=True) as g:
@@ -200,7 +200,7 @@ def on_demand_no_ping_pong(kernel):
         b.load()
         s0 = b.fill()
         avail = g.meminfo()['MemAvailable'] // 1024
-        g.sh(f'vbhp_alloc -m {avail + 256} -t 60 >/tmp/pp.log 2>&1 &')
+        g.sh(f'vbhp_alloc -m {avail + 256} -t 30 >/tmp/pp.log 2>&1 &')
 
         def log():
             return g.sh('cat /tmp/pp.log')
@@ -208,7 +208,7 @@ def on_demand_no_ping_pong(kernel):
         wait_until(log, 120, 'the first round', ok=lambda o: 'allocated' in o or 'error' in o)
         time.sleep(10)  # a measurement window, not a wait for a condition
         mid = b.stats()
-        out = wait_until(log, 240, 'the 60 s pressure run to end',
+        out = wait_until(log, 240, 'the 30 s pressure run to end',
                          ok=lambda o: 'rounds' in o or 'error' in o, interval=2)
         assert 'rounds' in out, out
         s = b.stats()

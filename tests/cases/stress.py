@@ -6,7 +6,7 @@ import random
 import time
 
 from vbhp import MiB, wait_until
-from vbhp.balloon import Balloon, balloon_guest, check_guard, use_freed_memory
+from vbhp.balloon import Balloon, balloon_guest, check_guard, od_pages, use_freed_memory
 from vbhp.runner import test
 
 PAGE = 4096
@@ -64,15 +64,21 @@ def stress_random_targets(kernel):
         use_freed_memory(g, b, 700)
 
 
-def remove_mid_flight(g, b, r, how):
-    """Start a large inflate, remove the driver (rmmod or sysfs unbind) a
-    random moment later; the removal ends, the memory is all back, the
-    host sees the balloon empty.  Returns whether buffers were in flight."""
+def remove_mid_flight(g, b, r, how, way):
+    """Start an inflate of 3/4 of RAM (@way 'inflate') or a deflate of half
+    of it ('deflate'), remove the driver (@how: rmmod or sysfs unbind) a
+    random moment later; the removal ends, the memory is all back, the host
+    sees the balloon empty.  Returns whether the balloon was still busy."""
     ram = g.mem_mib * MiB
-    b.set_size(ram // 4)
-    time.sleep(r.uniform(0, 1.5))
+    if way == 'inflate':
+        b.set_size(ram // 4)
+        time.sleep(r.uniform(0, 1.5))
+    else:
+        b.settle(ram // 2)
+        b.set_size(ram)
+        time.sleep(r.uniform(0, 0.8))
     s = b.stats()
-    busy = bool(s['inflate_inflight'] or s['hp_inflate_inflight'] or s['current'] != s['target'])
+    busy = bool(s[f'{way}_inflight'] or s[f'hp_{way}_inflight'] or s['current'] != s['target'])
     if how == 'rmmod':
         g.sh('rmmod virtio_balloon_hp', timeout=120)
     else:
@@ -88,21 +94,63 @@ def remove_mid_flight(g, b, r, how):
     return busy
 
 
-@test
-def stress_remove_mid_flight(kernel):
-    """Guard host: 12 removals of the driver, by rmmod and by sysfs unbind
-    in turn, each a random moment into a 768 MiB inflate.  No removal
-    hangs, QEMU survives (no ballooned block touched), MemTotal and the
-    host's actual come back whole each time; the driver works after it."""
-    with balloon_guest(kernel, 1024, guard=True) as g:
+def removals(kernel, way, append=''):
+    """Six removals of the driver, by rmmod and sysfs unbind in turn, each
+    a random moment into an inflate or a deflate (@way), on the guard host;
+    returns how many came while the balloon was busy."""
+    with balloon_guest(kernel, 1024, guard=True, append=append) as g:
         b = Balloon(g)
         b.load()
-        r = rng(g, 'removals')
-        busy = sum(remove_mid_flight(g, b, r, ('rmmod', 'unbind')[i % 2]) for i in range(12))
-        g.log(f'{busy} of 12 removals came while the inflate was under way')
+        r = rng(g, f'removals mid-{way}')
+        busy = sum(remove_mid_flight(g, b, r, ('rmmod', 'unbind')[i % 2], way) for i in range(6))
+        g.log(f'{busy} of 6 removals came while the {way} was under way')
         b.settle(512 * MiB)
         b.check()
         check_guard(g, b)
+        return busy
+
+
+@test
+def stress_remove_mid_flight(kernel):
+    """Guard host: 12 removals of the driver, by rmmod and by sysfs unbind
+    in turn, each a random moment into an inflate (the guest zeroes what
+    it balloons, init_on_alloc's default) or into a deflate (in a guest
+    that zeroes what it frees, init_on_free=1: an hp deflate is otherwise
+    over before a removal can land in it).  No removal hangs, QEMU
+    survives (no ballooned block touched), MemTotal and the host's actual
+    come back whole each time; the driver works after it."""
+    busy = removals(kernel, 'inflate') + removals(kernel, 'deflate', 'init_on_free=1')
+    assert busy, 'no removal came while the balloon was busy'
+
+
+@test
+def stress_pressure_during_inflate(kernel):
+    """Guard host with deflate-on-oom: 4 times, the host asks for all the
+    guest can give and, a random moment into that inflate, a program
+    allocates and touches 384 MiB.  The program always gets its memory and
+    nobody is OOM-killed (the runner fails the test on any OOM report);
+    QEMU survives, so no block was used before its deflate was answered;
+    the host's actual follows what the guest holds, and the books are
+    exact after each round."""
+    ram = 1024 * MiB
+    with balloon_guest(kernel, ram // MiB, guard=True, deflate_on_oom=True) as g:
+        b = Balloon(g)
+        b.load()
+        r = rng(g, 'pressure')
+        gave = []
+        for _ in range(4):
+            b.set_size(64 * MiB)  # far more than the guest can give
+            time.sleep(r.uniform(0, 1.0))
+            before = od_pages(b.stats())
+            rc, out = g.run('vbhp_alloc -m 384', timeout=300)
+            assert rc == 0, out
+            gave.append((od_pages(b.stats()) - before) >> 8)
+            b.host_follows()
+            b.check(settled=False)
+            check_guard(g, b)
+            b.settle(ram)  # the host's next target ends the hold; empty again
+        g.log(f'MiB deflated on demand in each round: {gave}')
+        assert sum(gave), 'no round put the balloon under pressure'
 
 
 # parameter -> values to draw from: valid ones and ones past each end
