@@ -2,17 +2,25 @@
 """make bench: virtio_balloon_hp side by side with the in-tree virtio_balloon.
 
 Same guest kernel, same workload, one variant after the other in one run:
-  in-tree      the kernel's own virtio_balloon, stock QEMU
-  hp-o0        virtio_balloon_hp page_order=0, stock QEMU
-  hp-o9        virtio_balloon_hp page_order=9, stock QEMU (4 KiB frames)
-  hp-o9-hp     virtio_balloon_hp page_order=9, patched QEMU (hp blocks)
-Stock QEMU is Debian's qemu-system-x86_64; the patched one is host/'s
-QEMU 10.0 with hp-block-order=9, so the last column also changes QEMU.
+  in-tree      the kernel's own virtio_balloon
+  hp-o0        virtio_balloon_hp page_order=0
+  hp-o9        virtio_balloon_hp page_order=9 (4 KiB frames: the stock protocol)
+  hp-o9-hp     virtio_balloon_hp page_order=9, hp blocks (hp-block-order=9)
+The main table runs every column on one QEMU binary, the reference host's
+(host/): without hp-block-order its device speaks the stock protocol.  A
+smaller table runs the stock-protocol columns on Debian's QEMU, the host
+users have today.  Boot to target: QEMU starts paused, is given 25% of the
+guest's RAM, and the initramfs loads the driver (tests/cases/boot.py does
+the same as a test).
 
-Usage: PYTHONPATH=tests bench/run.py [--quick] [--out DIR]   (what make bench runs)
-  --quick   2 GiB only, one run, first kernel: asserts every variant
-            reaches its target (the smoke run make check does)
-Writes DIR/results.md and DIR/inflate-<kernel>.png (default: bench/).
+Usage: PYTHONPATH=tests bench/run.py [--quick] [--sizes 2,4] [--runs N] [--out DIR]
+  (make bench runs it without options)
+  --quick   2 GiB only, one run, first kernel, main table only: asserts
+            every variant reaches its target (the smoke run make check does)
+  --sizes   guest RAM sizes in GiB (default 2,4,8,16), --runs cycles per
+            boot (default 3): a shorter run of every table
+Writes DIR/results.md and DIR/inflate-<kernel>.png, DIR/boot-<kernel>.png
+(default: bench/).
 """
 import argparse
 import datetime
@@ -24,7 +32,8 @@ import subprocess
 import time
 
 from vbhp import MiB
-from vbhp.balloon import INTREE_MODULE, Balloon, alloc_ms, balloon_guest, guest_files
+from vbhp.balloon import (INTREE_MODULE, MODULE, Balloon, alloc_ms, balloon_guest, boot_ballooned,
+                          guest_files, target_reached_at)
 from vbhp.build import build_module
 from vbhp.hosts import Host, kvm_usable
 from vbhp.kernels import kernels
@@ -32,13 +41,16 @@ from vbhp.kernels import kernels
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 GiB = 1024 * MiB
-VARIANTS = (  # name, module, parameters, patched QEMU
+VARIANTS = (  # name, module, parameters, hp blocks
     ('in-tree', 'intree', '', False),
     ('hp-o0', 'hp', 'page_order=0', False),
     ('hp-o9', 'hp', 'page_order=9', False),
     ('hp-o9-hp', 'hp', 'page_order=9', True),
 )
+STOCK_VARIANTS = VARIANTS[:3]  # the columns Debian's QEMU can serve
+BOOT_VARIANTS = (VARIANTS[0], VARIANTS[2], VARIANTS[3])
 INFLATE_SHARE = 0.75
+WORKERS_CAP = 16  # inflate_workers=0 (auto): one per online CPU, at most this many
 POLL = 0.01  # seconds between query-balloon polls while timing
 
 
@@ -68,9 +80,7 @@ class Run:
         return busy / 100.0
 
     def qemu_cpu(self):
-        with open(f'/proc/{self.g.proc.pid}/stat') as f:
-            fields = f.read().rsplit(')', 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf('SC_CLK_TCK')
+        return self.g.qemu_status()['cpu_s']
 
     def host_buffers(self):
         """Virtqueue buffers QEMU popped so far (its virtqueue_pop trace)."""
@@ -89,21 +99,62 @@ class Run:
         return self.b.reach(size, timeout, interval=POLL)
 
     def cycle(self):
-        """Inflate 75% and deflate to empty; the costs of both."""
-        small = self.ram - int(self.ram * INFLATE_SHARE) // (2 * MiB) * (2 * MiB)
+        """Inflate 75% and deflate to empty; the costs of both, and what the
+        inflate cost the host's memory: QEMU's page faults and its RSS peak
+        above its RSS before (VmHWM, restarted first)."""
+        small = kept_size(self.ram)
         moved = (self.ram - small) / GiB
         c0 = (self.guest_cpu(), self.qemu_cpu(), self.host_buffers())
+        self.g.qemu_reset_peak()
+        q0 = self.g.qemu_status()
         inflate = self.move(small)
+        q1 = self.g.qemu_status()
+        peak = max(0, q1['VmHWM'] - q0['VmRSS'])  # RSS may fall below its start: discards
         deflate = self.move(self.ram)
         c1 = (self.guest_cpu(), self.qemu_cpu(), self.host_buffers())
         return dict(inflate=inflate, deflate=deflate, gibs=moved / inflate,
                     dgibs=moved / deflate, guest_cpu=c1[0] - c0[0],
-                    qemu_cpu=c1[1] - c0[1], bufs_per_gib=(c1[2] - c0[2]) / (2 * moved))
+                    qemu_cpu=c1[1] - c0[1], bufs_per_gib=(c1[2] - c0[2]) / (2 * moved),
+                    faults=q1['minflt'] - q0['minflt'], peak_mib=peak / MiB,
+                    peak_pct=100 * peak / (moved * GiB))
 
 
-def boot(kernel, variant, ram_gib, init_on_alloc, files):
-    return balloon_guest(kernel, ram_gib * 1024, hp=variant[3], files=files,
+def kept_size(ram):
+    """What the guest keeps with INFLATE_SHARE of @ram ballooned (whole 2 MiB)."""
+    return ram - int(ram * INFLATE_SHARE) // (2 * MiB) * (2 * MiB)
+
+
+def boot(kernel, variant, ram_gib, init_on_alloc, files, stock=False):
+    """A guest for @variant on the reference host's binary (Debian's QEMU
+    with @stock)."""
+    return balloon_guest(kernel, ram_gib * 1024, hp=variant[3], reference=not stock, files=files,
                          append=f'init_on_alloc={init_on_alloc}', trace='virtqueue_pop')
+
+
+def boot_to_target(kernel, v, ram_gib, init, files):
+    """Boot ballooned: seconds from QEMU's start to the target (25% of RAM
+    kept) and to the agent (the first process after the initramfs loaded
+    the driver); QEMU's RSS peak and page faults by then."""
+    ram = ram_gib * GiB
+    module, params = (INTREE_MODULE, '') if v[1] == 'intree' else (MODULE, v[2])
+    with boot_ballooned(kernel, ram_gib * 1024, kept_size(ram), module=module, params=params,
+                        hp=v[3], reference=True, files=files,
+                        append=f'init_on_alloc={init}') as g:
+        reached = target_reached_at(g, kept_size(ram), timeout=900)
+        q = g.qemu_status()
+        assert_clean(g, v)
+        return dict(target=reached, up=g.up_at - g.launched, hwm_mib=q['VmHWM'] / MiB,
+                    faults=q['minflt'])
+
+
+def workers_rate(kernel, v, files, workers):
+    """Inflate GiB/s of @v with inflate_workers=@workers (4 GiB, init_on_alloc=1)."""
+    with boot(kernel, v, 4, 1, files) as g:
+        run = Run(g, v)
+        run.b.load(f'{v[2]} inflate_workers={workers}')
+        cycles = [run.cycle() for _ in range(3)]
+        assert_clean(g, v)
+        return statistics.median(c['gibs'] for c in cycles)
 
 
 def floor_times(g, mib, order):
@@ -147,7 +198,7 @@ def ondemand(kernel, v, files):
     """1 GiB allocated and touched by a guest program, with the balloon
     empty and then holding all it can (2 GiB guest, deflate-on-oom=on)."""
     with balloon_guest(kernel, 2048, hp=v[3], deflate_on_oom=True, files=files,
-                       append='init_on_alloc=0') as g:
+                       reference=True, append='init_on_alloc=0') as g:
         g.expect_oom = True  # the in-tree driver may not keep the OOM killer away
         run = Run(g, v)
         run.load()
@@ -171,30 +222,49 @@ def assert_clean(g, v):
 
 
 def bench_kernel(kernel, sizes, runs, quick):
-    """All measurements for one kernel: {(variant, key): value}."""
+    """All measurements for one kernel: {(variant, key): value}; keys
+    'RAM-INIT' (reference host), 'stock-RAM-INIT' (Debian's QEMU),
+    'boot-RAM-INIT', 'frag', 'thp', 'od', 'workers'."""
     files = guest_files(kernel, extra=[kernel.module('virtio_balloon'),
                                        build_module(kernel, 'floor')])
     res = {}
-    plan = [(s, 0, runs) for s in sizes] + ([] if quick else [(4, 1, runs)])
-    for ram, init, n in plan:
-        for v in VARIANTS:
-            progress(f'{kernel.short}: {v[0]:9} {ram:2} GiB init_on_alloc={init} x{n}')
-            with boot(kernel, v, ram, init, files) as g:
+    plan = [(s, 0, False) for s in sizes] + ([] if quick else [(4, 1, False), (4, 0, True),
+                                                               (4, 1, True)])
+    for ram, init, stock in plan:
+        for v in STOCK_VARIANTS if stock else VARIANTS:
+            where = 'stock QEMU' if stock else 'reference host'
+            progress(f'{kernel.short}: {v[0]:9} {ram:2} GiB init_on_alloc={init} x{runs} ({where})')
+            with boot(kernel, v, ram, init, files, stock) as g:
                 run = Run(g, v)
-                if not quick and ram == 4 and v[0] == 'hp-o9':
+                if not quick and ram == 4 and v[0] == 'hp-o9' and not stock:
                     for order in (9, 0):
                         res[('floor', f'{init}-{order}')] = floor_times(g, 3072, order)
                 run.load()
                 huge0 = run.free_huge_mib()
-                cycles = [run.cycle() for _ in range(n)]
-                res[(v[0], f'{ram}-{init}')] = cycles
-                if ram == 4 and init == 0:
+                cycles = [run.cycle() for _ in range(runs)]
+                res[(v[0], f'{"stock-" * stock}{ram}-{init}')] = cycles
+                progress(f'  inflate {med(cycles, "inflate")[0]:.2f} s, deflate '
+                         f'{med(cycles, "deflate")[0]:.2f} s, QEMU peak +'
+                         f'{med(cycles, "peak_mib")[0]:.0f} MiB, {med(cycles, "faults")[0]:.0f} faults')
+                if ram == 4 and init == 0 and not stock:
                     res[(v[0], 'frag')] = (huge0, run.free_huge_mib())
                     res[(v[0], 'thp')] = thp_workload(g, run)
                 assert_clean(g, v)
-    for v in VARIANTS if not quick else ():
+    if quick:
+        return res
+    for v in VARIANTS:
         progress(f'{kernel.short}: {v[0]:9}  2 GiB 1 GiB allocation under a full balloon')
         res[(v[0], 'od')] = ondemand(kernel, v, files)
+    for v in VARIANTS[2:]:
+        progress(f'{kernel.short}: {v[0]:9}  4 GiB init_on_alloc=1, inflate_workers=1')
+        res[(v[0], 'workers')] = workers_rate(kernel, v, files, 1)
+        progress(f'  {res[(v[0], "workers")]:.2f} GiB/s')
+    for ram in sizes[1:]:
+        for init in (0, 1):
+            for v in BOOT_VARIANTS:
+                progress(f'{kernel.short}: {v[0]:9} {ram:2} GiB init_on_alloc={init} boot to target')
+                res[(v[0], f'boot-{ram}-{init}')] = [boot_to_target(kernel, v, ram, init, files)]
+                progress(f'  {res[(v[0], f"boot-{ram}-{init}")][0]}')
     return res
 
 
@@ -203,9 +273,9 @@ def med(cycles, key):
     return statistics.median(vals), max(vals) - min(vals)
 
 
-def fmt(v, spread=None, unit=''):
-    s = f'{v:.2f}{unit}'
-    return s + (f' ±{spread / 2:.2f}' if spread else '')
+def fmt(v, spread=None, digits=2):
+    s = f'{v:.{digits}f}'
+    return s + (f' ±{spread / 2:.{digits}f}' if spread else '')
 
 
 def ratio(base, v, higher_better):
@@ -214,27 +284,37 @@ def ratio(base, v, higher_better):
     return f'{(v / base if higher_better else base / v):.2f}×'
 
 
-def table(res, sizes, quick):
-    """Markdown rows: metric, then value and ratio for each variant."""
-    names = [v[0] for v in VARIANTS]
+def table(res, keys, variants, extras=True):
+    """Markdown rows: metric, then value and ratio for each variant; the
+    inflate rows of @keys ('[stock-]RAM-INIT'), with @extras the rows of
+    the one-off measurements too."""
+    names = [v[0] for v in variants]
     head = '| metric | in-tree | ' + ' | '.join(f'{n} | ratio' for n in names[1:]) + ' |'
     rows = [head, '|' + ' --- |' * (2 + 2 * (len(names) - 1))]
 
-    def row(label, key, metric, higher_better, unit=''):
+    def row(label, key, metric, higher_better, digits=2):
+        """higher_better None: no ratio (a cost near 0, read as it is)."""
         vals = [med(res[(n, key)], metric) if (n, key) in res else None for n in names]
         base = vals[0][0] if vals[0] else None
-        cells = [fmt(*vals[0], unit) if vals[0] else '—']
+        cells = [fmt(*vals[0], digits=digits) if vals[0] else '—']
         for v in vals[1:]:
-            cells += [fmt(*v, unit) if v else '—', ratio(base, v[0] if v else None, higher_better)]
+            cells += [fmt(*v, digits=digits) if v else '—',
+                      '—' if higher_better is None else
+                      ratio(base, v[0] if v else None, higher_better)]
         rows.append(f'| {label} | ' + ' | '.join(cells) + ' |')
 
-    keys = [f'{s}-0' for s in sizes] + ([] if quick else ['4-1'])
     for key in keys:
-        ram, init = key.split('-')
+        ram, init = key.split('-')[-2:]
         tag = f'{ram} GiB, init_on_alloc={init}'
         row(f'inflate 75%, s ({tag})', key, 'inflate', False)
         row(f'inflate GiB/s ({tag})', key, 'gibs', True)
         row(f'deflate, s ({tag})', key, 'deflate', False)
+        row(f'host page faults during the inflate, QEMU minflt ({tag})', key, 'faults', None, 0)
+        row(f'QEMU RSS peak above its start during the inflate, MiB ({tag})',
+            key, 'peak_mib', None, 0)
+        row(f'the same, % of the memory ballooned ({tag})', key, 'peak_pct', None)
+    if not extras:
+        return rows
     for key in ('4-0',) if '4-0' in keys else keys[:1]:
         row(f'virtqueue buffers per GiB moved, host count ({key.split("-")[0]} GiB)',
             key, 'bufs_per_gib', False)
@@ -256,6 +336,62 @@ def table(res, sizes, quick):
     return rows
 
 
+def boot_table(res, sizes):
+    """Boot to target, one boot per cell, every column on the reference host."""
+    names = [v[0] for v in BOOT_VARIANTS]
+    rows = ['| metric | in-tree | ' + ' | '.join(f'{n} | ratio' for n in names[1:]) + ' |',
+            '|' + ' --- |' * (2 + 2 * (len(names) - 1))]
+    for ram in sizes:
+        for init in (0, 1):
+            key, tag = f'boot-{ram}-{init}', f'{ram} GiB, init_on_alloc={init}'
+            for metric, label, digits in (('target', 'QEMU start to target, s', 1),
+                                          ('up', 'QEMU start to the agent (userspace), s', 1),
+                                          ('hwm_mib', 'QEMU RSS peak by the target, MiB', 0),
+                                          ('faults', 'host page faults by the target', 0)):
+                vals = [res[(n, key)][0][metric] if (n, key) in res else None for n in names]
+                cells = [fmt(vals[0], digits=digits) if vals[0] is not None else '—']
+                for v in vals[1:]:
+                    cells += [fmt(v, digits=digits) if v is not None else '—',
+                              ratio(vals[0], v, False) if metric == 'target' else '—']
+                rows.append(f'| {label} ({tag}) | ' + ' | '.join(cells) + ' |')
+    return rows
+
+
+def workers_table(res):
+    """Inflate rate with one worker against the default (one per vCPU)."""
+    rows = ['| variant (4 GiB, init_on_alloc=1, 2 vCPUs) | 1 worker, GiB/s | '
+            'auto (2 workers), GiB/s | ratio |', '| --- | --- | --- | --- |']
+    for v in VARIANTS[2:]:
+        one, auto = res[(v[0], 'workers')], med(res[(v[0], '4-1')], 'gibs')[0]
+        rows.append(f'| {v[0]} | {one:.2f} | {auto:.2f} | {auto / one:.2f}× |')
+    return rows
+
+
+def extrapolation(res):
+    """The model for a 512 GiB guest with 64 vCPUs, with this run's figures."""
+    big = max(int(k.split('-')[0]) for n, k in res if n == 'hp-o9-hp' and k.endswith('-0')
+              and k.split('-')[0].isdigit())
+    z = res[('floor', '1-9')]  # GiB/s one vCPU allocates and zeroes at order 9
+    hp = med(res[('hp-o9-hp', f'{big}-0')], 'inflate')[0] / (big * INFLATE_SHARE)  # s per GiB
+    ball = 512 * INFLATE_SHARE
+
+    def t(workers):
+        return ball / (z * workers) + ball * hp
+
+    return [f'Extrapolation, on paper, to a 512 GiB guest with 64 vCPUs that boots with '
+            f'{ball:.0f} GiB ballooned on the reference host.  Model: T = B / (z × W) + B × h, '
+            f'with B = {ball:.0f} GiB ballooned, z = {z:.2f} GiB/s (one vCPU allocating and '
+            f'zeroing order-9 blocks, the floor above), W the inflate workers, and '
+            f'h = {hp * 1000:.2f} ms per GiB (the hp-o9-hp inflate of {big} GiB at '
+            f'init_on_alloc=0, where nothing is zeroed: the protocol and the host).  '
+            f'init_on_alloc=0: T = B × h = {ball * hp:.1f} s.  init_on_alloc=1: '
+            f'{t(1):.0f} s with one worker, {t(WORKERS_CAP):.0f} s with the default '
+            f'({WORKERS_CAP} workers, its cap), {t(64):.0f} s with inflate_workers=64.  '
+            'z and h are TCG figures from this machine, not a real host\'s: put those in '
+            'the same model.  It holds only while zeroing scales with the workers '
+            '(measured up to 2 here) and memory bandwidth is not the limit.']
+
+
 def od_cell(o):
     full = f'{o["full"]}' if o['full'] else 'failed or > 120 s'
     empty = f'{o["empty"]} ms' if o['empty'] else 'failed'
@@ -263,24 +399,41 @@ def od_cell(o):
             + ('; OOM kill' if o['killed'] else ''))
 
 
-def plot(res, sizes, kernel, out):
-    """inflate GiB/s against RAM size, one line per variant (gnuplot)."""
-    data = os.path.join(out, f'.inflate-{kernel.short}.dat')
+def plot(out, name, title, ylabel, xs, series):
+    """A gnuplot PNG @name in @out: one line per (label, values) of @series
+    against guest RAM sizes @xs; returns the file name."""
+    data = os.path.join(out, f'.{name}.dat')
     with open(data, 'w') as f:
-        for s in sizes:
-            f.write(f'{s} ' + ' '.join(f'{med(res[(v[0], f"{s}-0")], "gibs")[0]:.3f}'
-                                      for v in VARIANTS) + '\n')
-    png = os.path.join(out, f'inflate-{kernel.short}.png')
-    lines = ', '.join(f"'{data}' using 1:{i + 2} with linespoints lw 2 title '{v[0]}'"
-                      for i, v in enumerate(VARIANTS))
-    script = (f"set terminal png size 800,500; set output '{png}'; "
-              f"set title 'Inflate 75% of guest RAM, Debian {kernel.kver}, QEMU TCG, init_on_alloc=0'; "
-              "set xlabel 'guest RAM (GiB)'; set ylabel 'GiB/s'; set logscale x 2; "
-              f"set xtics ({', '.join(str(s) for s in sizes)}); set key left top; set grid; "
+        for i, x in enumerate(xs):
+            f.write(f'{x} ' + ' '.join(f'{vals[i]:.3f}' for _, vals in series) + '\n')
+    png = os.path.join(out, f'{name}.png')
+    lines = ', '.join(f"'{data}' using 1:{i + 2} with linespoints lw 2 title '{label}'"
+                      for i, (label, _) in enumerate(series))
+    script = (f"set terminal png size 800,500; set output '{png}'; set title '{title}'; "
+              f"set xlabel 'guest RAM (GiB)'; set ylabel '{ylabel}'; set logscale x 2; "
+              f"set xtics ({', '.join(str(x) for x in xs)}); set key left top; set grid; "
               f"plot {lines}")
     subprocess.run(['gnuplot', '-e', script], check=True)
     os.unlink(data)
     return os.path.basename(png)
+
+
+def plots(res, sizes, kernel, out):
+    """Inflate rate and boot-to-target time against guest RAM: markdown lines."""
+    tcg = 'QEMU TCG' if not kvm_usable() else 'KVM'
+    inflate = plot(out, f'inflate-{kernel.short}',
+                   f'Inflate 75% of guest RAM, Debian {kernel.kver}, {tcg}, init_on_alloc=0',
+                   'GiB/s', sizes,
+                   [(v[0], [med(res[(v[0], f'{s}-0')], 'gibs')[0] for s in sizes])
+                    for v in VARIANTS])
+    boot = plot(out, f'boot-{kernel.short}',
+                f'Boot with 75% ballooned: QEMU start to target, Debian {kernel.kver}, {tcg}',
+                'seconds', sizes[1:],
+                [(f'{v[0]} init_on_alloc={i}', [res[(v[0], f'boot-{s}-{i}')][0]['target']
+                                                for s in sizes[1:]])
+                 for i in (0, 1) for v in BOOT_VARIANTS])
+    return [f'![inflate GiB/s against RAM]({inflate})', '',
+            f'![boot to target against RAM]({boot})', '']
 
 
 def versions():
@@ -289,16 +442,25 @@ def versions():
     return (f'- machine: {os.cpu_count()} CPUs ({cpu}), '
             f'{os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // GiB} GiB, '
             f'{"KVM" if kvm_usable() else "QEMU TCG (no usable KVM)"}\n'
-            f'- stock QEMU: {Host().version()}\n- patched QEMU: {Host(hp=True).version()} + host/patches')
+            f'- reference host: {Host(hp=True).version()} + host/patches (every column of '
+            'the main and boot tables)\n'
+            f'- stock QEMU: {Host().version()} (the stock QEMU table)')
 
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument('--quick', action='store_true')
     ap.add_argument('--out', default=HERE)
+    ap.add_argument('--sizes', help='guest RAM sizes in GiB, comma-separated (default 2,4,8,16; '
+                    'the 4 GiB rows need 4 among them)')
+    ap.add_argument('--runs', type=int, help='cycles per boot (default 3)')
     args = ap.parse_args()
     sizes, runs = ([2], 1) if args.quick else ([2, 4, 8, 16], 3)
+    if args.sizes:
+        sizes = [int(v) for v in args.sizes.split(',')]
+    runs = args.runs or runs
     ks = kernels()[:1] if args.quick else kernels()
+    os.makedirs(args.out, exist_ok=True)  # the plots go there as each kernel ends
     t0 = time.monotonic()
     out = [f'# virtio_balloon_hp benchmark{" (quick)" if args.quick else ""}', '',
            'Generated by `make bench` (bench/run.py); do not edit by hand.', '',
@@ -308,19 +470,30 @@ def main():
            '(QMP query-balloon polled every 10 ms)',
            '- ratio: how many times better than the in-tree driver (its time / ours, our rate / its)',
            '- buffers per GiB: QEMU\'s virtqueue_pop trace, inflate and deflate together',
-           '- the hp-o9-hp column runs on the patched QEMU 10.0, the others on stock QEMU',
+           '- host page faults: QEMU\'s minflt (/proc/PID/stat), each maps 4 KiB or a '
+           '2 MiB THP; RSS peak: VmHWM, restarted (clear_refs 5) before each inflate',
+           '- boot to target: QEMU started paused (-S), QMP balloon to 25% of RAM, cont; the '
+           'initramfs loads the driver; the target time is QEMU\'s BALLOON_CHANGE stamp; '
+           'one boot per cell',
            '- on-demand deflate: 2 GiB guest, deflate-on-oom=on, init_on_alloc=0; the balloon '
            'asked for all it can hold, then vbhp_alloc allocates and touches 1 GiB', '']
     for k in ks:
         res = bench_kernel(k, sizes, runs, args.quick)
-        out += [f'## Debian {k.kver}', ''] + table(res, sizes, args.quick) + ['']
-        if not args.quick:
-            floor = ', '.join(f'order {o} init_on_alloc={i}: {res[("floor", f"{i}-{o}")]:.2f} GiB/s'
-                              for i in (0, 1) for o in (9, 0))
-            out += [f'Allocation floor (vbhp_floor, 3 GiB of 4, no host traffic): {floor}.', '']
-            out += [f'![inflate GiB/s against RAM]({plot(res, sizes, k, args.out)})', '']
+        keys = [f'{s}-0' for s in sizes] + ([] if args.quick else ['4-1'])
+        out += [f'## Debian {k.kver}', '', '### The reference host, both protocols', '']
+        out += table(res, keys, VARIANTS, not args.quick) + ['']
+        if args.quick:
+            continue
+        floor = ', '.join(f'order {o} init_on_alloc={i}: {res[("floor", f"{i}-{o}")]:.2f} GiB/s'
+                          for i in (0, 1) for o in (9, 0))
+        out += [f'Allocation floor (vbhp_floor, 3 GiB of 4, no host traffic): {floor}.', '']
+        out += ['### Debian\'s QEMU (stock protocol only)', '']
+        out += table(res, ['stock-4-0', 'stock-4-1'], STOCK_VARIANTS, False) + ['']
+        out += ['### Boot with 75% of RAM ballooned', ''] + boot_table(res, sizes[1:]) + ['']
+        out += ['### Inflate workers', ''] + workers_table(res) + ['']
+        out += extrapolation(res) + ['']
+        out += plots(res, sizes, k, args.out)
     out.append(f'Whole run: {(time.monotonic() - t0) / 60:.1f} min.')
-    os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, 'results.md'), 'w') as f:
         f.write('\n'.join(out) + '\n')
     progress(f'done in {(time.monotonic() - t0) / 60:.1f} min: {os.path.join(args.out, "results.md")}')
