@@ -5,7 +5,7 @@ import re
 import time
 
 from vbhp import MiB, wait_until
-from vbhp.balloon import od_pages, HOOKS_MODULE, Balloon, alloc_ms, balloon_guest, suspend, trace_count
+from vbhp.balloon import HOOKS_MODULE, Balloon, alloc_ms, balloon_guest, od_pages, suspend, trace_count
 from vbhp.build import build_module
 from vbhp.runner import test
 

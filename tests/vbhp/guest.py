@@ -131,10 +131,7 @@ class Guest:
         if self.swap_mib:
             with open(os.path.join(self.dir, 'swap.img'), 'wb') as f:
                 f.truncate(self.swap_mib * MiB)
-        self._launch(paused=self.at_start is not None)
-        if self.at_start:
-            self.at_start(self.qmp)
-            self.qmp.cmd('cont')
+        self._launch(self.at_start)
         try:
             self._read_until(_READY, time.monotonic() + BOOT_TIMEOUT, f'boot ({BOOT_TIMEOUT} s)')
         except (TimeoutError, ConnectionError) as e:
@@ -151,9 +148,10 @@ class Guest:
         self.up_at = time.time()
         self.boot_seconds = time.monotonic() - t0
 
-    def _launch(self, paused=False):
-        """Start QEMU on the files in self.dir (paused: with -S) and connect
-        the agent and QMP."""
+    def _launch(self, at_start=None):
+        """Start QEMU on the files in self.dir and connect the agent and QMP.
+        With @at_start, QEMU starts paused (-S), at_start(qmp) runs, and
+        then the guest does."""
         # QEMU connects to our agent socket at startup, so no guest output is lost.
         agent_path = os.path.join(self.dir, 'agent.sock')
         qmp_path = os.path.join(self.dir, 'qmp.sock')
@@ -175,7 +173,7 @@ class Guest:
                  '-qmp', f'unix:{qmp_path},server=on,wait=off', *self.qemu_args]
         if self.swap_mib:
             argv += ['-drive', f'file={os.path.join(self.dir, "swap.img")},if=virtio,format=raw']
-        if paused:
+        if at_start:
             argv.append('-S')
         self.qemu_log = os.path.join(self.dir, 'qemu.log')
         with open(self.qemu_log, 'a') as log:
@@ -196,6 +194,9 @@ class Guest:
         listener.close()
         self._rbuf = b''
         self.qmp = Qmp(qmp_path)
+        if at_start:
+            at_start(self.qmp)
+            self.qmp.cmd('cont')
 
     def _read_until(self, marker, deadline, what):
         """Read agent bytes until the regex marker matches; return (bytes before, match)."""
@@ -264,10 +265,7 @@ class Guest:
         self.close()
         self._console_text = None
         t0 = time.monotonic()
-        self._launch(paused=True)
-        if before_cont:
-            before_cont(self.qmp)
-        self.qmp.cmd('cont')
+        self._launch(before_cont or (lambda qmp: None))
         out, m = self._read_until(_READY_OR_END, t0 + HIBERNATE_TIMEOUT, 'the restored agent')
         if m.group(1) is None:
             raise AssertionError('the guest booted afresh: no hibernation image was restored')
