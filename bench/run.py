@@ -25,20 +25,24 @@ Writes DIR/results.md and DIR/inflate-<kernel>.png, DIR/boot-<kernel>.png
 import argparse
 import datetime
 import os
+import pickle
 import platform
 import re
 import statistics
 import subprocess
 import time
 
+from cases.hostpages import BALLOON_MIB, RAM_MIB, TOUCH_MIB, hugetlb_guest, inflate_freed
 from vbhp import MiB
 from vbhp.balloon import (INTREE_MODULE, MODULE, Balloon, alloc_ms, balloon_guest, boot_ballooned,
                           guest_files, target_reached_at)
 from vbhp.build import build_module
 from vbhp.hosts import Host, kvm_usable
 from vbhp.kernels import kernels
+from vbhp.runner import Skip
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+CACHE = os.path.join(os.path.dirname(HERE), '.cache')
 
 GiB = 1024 * MiB
 VARIANTS = (  # name, module, parameters, hp blocks
@@ -49,6 +53,9 @@ VARIANTS = (  # name, module, parameters, hp blocks
 )
 STOCK_VARIANTS = VARIANTS[:3]  # the columns Debian's QEMU can serve
 BOOT_VARIANTS = (VARIANTS[0], VARIANTS[2], VARIANTS[3])
+STOCK_BOOT_VARIANTS = BOOT_VARIANTS[:2]
+HUGETLB_VARIANTS = VARIANTS[:3] + (('hp-o9 whole_blocks=0', 'hp', 'page_order=9 whole_blocks=0',
+                                    False),) + VARIANTS[3:]
 INFLATE_SHARE = 0.75
 WORKERS_CAP = 16  # inflate_workers=0 (auto): one per online CPU, at most this many
 POLL = 0.01  # seconds between query-balloon polls while timing
@@ -131,14 +138,15 @@ def boot(kernel, variant, ram_gib, init_on_alloc, files, stock=False):
                          append=f'init_on_alloc={init_on_alloc}', trace='virtqueue_pop')
 
 
-def boot_to_target(kernel, v, ram_gib, init, files):
+def boot_to_target(kernel, v, ram_gib, init, files, stock=False):
     """Boot ballooned: seconds from QEMU's start to the target (25% of RAM
     kept) and to the agent (the first process after the initramfs loaded
-    the driver); QEMU's RSS peak and page faults by then."""
+    the driver); QEMU's RSS peak and page faults by then.  The reference
+    host's binary, Debian's QEMU with @stock."""
     ram = ram_gib * GiB
     module, params = (INTREE_MODULE, '') if v[1] == 'intree' else (MODULE, v[2])
     with boot_ballooned(kernel, ram_gib * 1024, kept_size(ram), module=module, params=params,
-                        hp=v[3], reference=True, files=files,
+                        hp=v[3], reference=not stock, files=files,
                         append=f'init_on_alloc={init}') as g:
         reached = target_reached_at(g, kept_size(ram), timeout=900)
         q = g.qemu_status()
@@ -155,6 +163,24 @@ def workers_rate(kernel, v, files, workers):
         cycles = [run.cycle() for _ in range(3)]
         assert_clean(g, v)
         return statistics.median(c['gibs'] for c in cycles)
+
+
+def hugetlb_freed(kernel, v):
+    """MiB of host 2 MiB hugetlb pages freed when @v inflates BALLOON_MIB of
+    a RAM_MIB guest whose RAM they back, after it touched TOUCH_MIB (the
+    workload of tests/cases/hostpages.py); Debian's QEMU for the stock
+    protocol, the reference host for hp blocks.  None: the host's pool
+    could not grow."""
+    try:
+        with hugetlb_guest(kernel, hp=v[3]) as g:
+            b = Balloon(g)
+            module = INTREE_MODULE if v[1] == 'intree' else MODULE
+            freed, _ = inflate_freed(g, lambda: b.load(v[2], module=module), b.reach)
+            assert_clean(g, v)
+            return freed
+    except Skip as e:
+        progress(f'  skipped: {e}')
+        return None
 
 
 def floor_times(g, mib, order):
@@ -259,12 +285,22 @@ def bench_kernel(kernel, sizes, runs, quick):
         progress(f'{kernel.short}: {v[0]:9}  4 GiB init_on_alloc=1, inflate_workers=1')
         res[(v[0], 'workers')] = workers_rate(kernel, v, files, 1)
         progress(f'  {res[(v[0], "workers")]:.2f} GiB/s')
+    for v in HUGETLB_VARIANTS:
+        progress(f'{kernel.short}: {v[0]:9}  host huge pages freed, hugetlb-backed guest')
+        res[(v[0], 'hugetlb')] = hugetlb_freed(kernel, v)
+        progress(f'  {res[(v[0], "hugetlb")]} MiB of {BALLOON_MIB}')
     for ram in sizes[1:]:
         for init in (0, 1):
             for v in BOOT_VARIANTS:
                 progress(f'{kernel.short}: {v[0]:9} {ram:2} GiB init_on_alloc={init} boot to target')
                 res[(v[0], f'boot-{ram}-{init}')] = [boot_to_target(kernel, v, ram, init, files)]
                 progress(f'  {res[(v[0], f"boot-{ram}-{init}")][0]}')
+    for init in (0, 1):
+        for v in STOCK_BOOT_VARIANTS:
+            progress(f'{kernel.short}: {v[0]:9}  4 GiB init_on_alloc={init} boot to target '
+                     '(stock QEMU)')
+            res[(v[0], f'stock-boot-4-{init}')] = [boot_to_target(kernel, v, 4, init, files, True)]
+            progress(f'  {res[(v[0], f"stock-boot-4-{init}")][0]}')
     return res
 
 
@@ -336,14 +372,15 @@ def table(res, keys, variants, extras=True):
     return rows
 
 
-def boot_table(res, sizes):
-    """Boot to target, one boot per cell, every column on the reference host."""
-    names = [v[0] for v in BOOT_VARIANTS]
+def boot_table(res, sizes, variants=BOOT_VARIANTS, prefix='boot'):
+    """Boot to target, one boot per cell, every column on one QEMU: keys
+    '@prefix-RAM-INIT'."""
+    names = [v[0] for v in variants]
     rows = ['| metric | in-tree | ' + ' | '.join(f'{n} | ratio' for n in names[1:]) + ' |',
             '|' + ' --- |' * (2 + 2 * (len(names) - 1))]
     for ram in sizes:
         for init in (0, 1):
-            key, tag = f'boot-{ram}-{init}', f'{ram} GiB, init_on_alloc={init}'
+            key, tag = f'{prefix}-{ram}-{init}', f'{ram} GiB, init_on_alloc={init}'
             for metric, label, digits in (('target', 'QEMU start to target, s', 1),
                                           ('up', 'QEMU start to the agent (userspace), s', 1),
                                           ('hwm_mib', 'QEMU RSS peak by the target, MiB', 0),
@@ -364,6 +401,19 @@ def workers_table(res):
     for v in VARIANTS[2:]:
         one, auto = res[(v[0], 'workers')], med(res[(v[0], '4-1')], 'gibs')[0]
         rows.append(f'| {v[0]} | {one:.2f} | {auto:.2f} | {auto / one:.2f}× |')
+    return rows
+
+
+def hugetlb_table(res):
+    """Host huge pages freed by the inflate, per variant."""
+    rows = [f'| variant ({RAM_MIB} MiB guest on host 2 MiB hugetlb pages, {TOUCH_MIB} MiB '
+            f'touched, {BALLOON_MIB} MiB inflated) | host | host huge pages freed, MiB | '
+            '% of the ballooned |', '| --- | --- | --- | --- |']
+    for v in HUGETLB_VARIANTS:
+        freed = res[(v[0], 'hugetlb')]
+        host = 'reference host (hp blocks)' if v[3] else 'Debian\'s QEMU'
+        cells = ('—', '—') if freed is None else (f'{freed}', f'{100 * freed / BALLOON_MIB:.0f}%')
+        rows.append(f'| {v[0]} | {host} | ' + ' | '.join(cells) + ' |')
     return rows
 
 
@@ -447,6 +497,12 @@ def versions():
             f'- stock QEMU: {Host().version()} (the stock QEMU table)')
 
 
+def write_results(out, lines):
+    """results.md in @out, rewritten as each kernel ends."""
+    with open(os.path.join(out, 'results.md'), 'w') as f:
+        f.write('\n'.join(lines) + '\n')
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument('--quick', action='store_true')
@@ -474,11 +530,14 @@ def main():
            '2 MiB THP; RSS peak: VmHWM, restarted (clear_refs 5) before each inflate',
            '- boot to target: QEMU started paused (-S), QMP balloon to 25% of RAM, cont; the '
            'initramfs loads the driver; the target time is QEMU\'s BALLOON_CHANGE stamp; '
-           'one boot per cell',
+           'one boot per cell; the stock QEMU table ends with the same boot on Debian\'s QEMU',
            '- on-demand deflate: 2 GiB guest, deflate-on-oom=on, init_on_alloc=0; the balloon '
            'asked for all it can hold, then vbhp_alloc allocates and touches 1 GiB', '']
     for k in ks:
         res = bench_kernel(k, sizes, runs, args.quick)
+        os.makedirs(CACHE, exist_ok=True)
+        with open(os.path.join(CACHE, f'bench-{k.short}.pickle'), 'wb') as f:
+            pickle.dump(res, f)  # the figures, should a table fail to render
         keys = [f'{s}-0' for s in sizes] + ([] if args.quick else ['4-1'])
         out += [f'## Debian {k.kver}', '', '### The reference host, both protocols', '']
         out += table(res, keys, VARIANTS, not args.quick) + ['']
@@ -489,13 +548,14 @@ def main():
         out += [f'Allocation floor (vbhp_floor, 3 GiB of 4, no host traffic): {floor}.', '']
         out += ['### Debian\'s QEMU (stock protocol only)', '']
         out += table(res, ['stock-4-0', 'stock-4-1'], STOCK_VARIANTS, False) + ['']
+        out += boot_table(res, [4], STOCK_BOOT_VARIANTS, 'stock-boot') + ['']
         out += ['### Boot with 75% of RAM ballooned', ''] + boot_table(res, sizes[1:]) + ['']
         out += ['### Inflate workers', ''] + workers_table(res) + ['']
+        out += ['### Host huge pages', ''] + hugetlb_table(res) + ['']
         out += extrapolation(res) + ['']
         out += plots(res, sizes, k, args.out)
-    out.append(f'Whole run: {(time.monotonic() - t0) / 60:.1f} min.')
-    with open(os.path.join(args.out, 'results.md'), 'w') as f:
-        f.write('\n'.join(out) + '\n')
+        write_results(args.out, out + [f'Run so far: {(time.monotonic() - t0) / 60:.1f} min.'])
+    write_results(args.out, out + [f'Whole run: {(time.monotonic() - t0) / 60:.1f} min.'])
     progress(f'done in {(time.monotonic() - t0) / 60:.1f} min: {os.path.join(args.out, "results.md")}')
 
 
