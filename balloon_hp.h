@@ -262,7 +262,8 @@ struct vbhp_filler {
  *	from it); written under @lock, read locklessly by debugfs.
  * @num_pages: 4 KiB frames the host has acknowledged as inflated (what
  *	"actual" reports); written under @lock.
- * @reported: the value of @num_pages last written to "actual"; under @lock.
+ * @reported: the value of @num_pages last written to "actual"; written
+ *	under @lock, read locklessly by sysfs.
  * @alloc_order: order the current inflate round allocates at; drops on
  *	failure and climbs back to @max_order at each new round; under @lock,
  *	and under @fill_lock too while inflate workers run.

@@ -532,7 +532,7 @@ static void vbhp_cfg_update_actual(struct vbhp *vb)
 	lockdep_assert_held(&vb->lock);
 	virtio_cwrite_le(vb->vdev, struct virtio_balloon_config, actual,
 			 &actual);
-	vb->reported = vb->num_pages;
+	WRITE_ONCE(vb->reported, vb->num_pages);
 }
 
 /* RAM the guest has, ballooned or not, in pages. */
@@ -2569,6 +2569,55 @@ static inline bool vbhp_dbg_fail_restore(struct vbhp *vb)
 
 #endif /* CONFIG_DEBUG_FS */
 
+/* ---- sysfs: the balloon's size, for boot scripts ---- */
+
+/*
+ * /sys/bus/virtio/devices/virtioN/balloon/ while the driver is bound (the
+ * driver core adds the group after probe() and removes it before
+ * remove()), both the config fields of the same names, in 4 KiB pages:
+ * num_pages, what the host asks the balloon to hold (read from the device
+ * at each read); actual, what the driver last told the host it holds (a
+ * count of blocks the host acknowledged).  The Debian package's initramfs
+ * script waits on them: debugfs may be locked down where sysfs is not.
+ */
+static ssize_t vbhp_sysfs_num_pages_show(struct device *dev,
+					 struct device_attribute *attr,
+					 char *buf)
+{
+	struct vbhp *vb = dev_to_virtio(dev)->priv;
+
+	return sysfs_emit(buf, "%lu\n", vbhp_cfg_target(vb));
+}
+
+static ssize_t vbhp_sysfs_actual_show(struct device *dev,
+				      struct device_attribute *attr, char *buf)
+{
+	struct vbhp *vb = dev_to_virtio(dev)->priv;
+
+	return sysfs_emit(buf, "%lu\n", READ_ONCE(vb->reported));
+}
+
+static struct device_attribute vbhp_sysfs_num_pages =
+	__ATTR(num_pages, 0444, vbhp_sysfs_num_pages_show, NULL);
+static struct device_attribute vbhp_sysfs_actual =
+	__ATTR(actual, 0444, vbhp_sysfs_actual_show, NULL);
+
+static struct attribute *vbhp_sysfs_attrs[] = {
+	&vbhp_sysfs_num_pages.attr,
+	&vbhp_sysfs_actual.attr,
+	NULL
+};
+
+static const struct attribute_group vbhp_sysfs_group = {
+	.name = "balloon",
+	.attrs = vbhp_sysfs_attrs,
+};
+
+static const struct attribute_group *vbhp_sysfs_groups[] = {
+	&vbhp_sysfs_group,
+	NULL
+};
+
 /* ---- virtio device: probe and remove ---- */
 
 /*
@@ -3054,6 +3103,7 @@ static struct virtio_driver vbhp_driver = {
 	.feature_table_size = ARRAY_SIZE(vbhp_features),
 	.driver.name = KBUILD_MODNAME,
 	.driver.owner = THIS_MODULE,
+	.driver.dev_groups = vbhp_sysfs_groups,
 	.id_table = vbhp_id_table,
 	.validate = vbhp_validate,
 	.probe = vbhp_probe,
