@@ -127,12 +127,13 @@ module_info() {
     echo "$out"
     has "$out" "^version: +$(re "$VER")\$" >/dev/null && has "$out" "^vermagic: +$(re "$k") " >/dev/null
 }
-# the virtio_balloon_hp files in kernel $1's initramfs and its list of
-# modules loaded before the root file system (conf/modules)
+# the virtio_balloon_hp files in kernel $1's initramfs (the module, its
+# modprobe.d file, the init-premount script) and its list of modules
+# loaded before the root file system (conf/modules)
 initrd_view() {
     inr "d=\$(mktemp -d) && unmkinitramfs /boot/initrd.img-$1 \$d && cd \$d &&
          { [ -d main ] && cd main; true; } &&
-         find . -name 'virtio_balloon_hp*' | sort &&
+         find . -name 'virtio_balloon_hp*' -o -name 'virtio-balloon-hp*' | sort &&
          { [ ! -f conf/modules ] || sed 's/^/conf\/modules: /' conf/modules; }; rm -rf \$d"
 }
 initrd_has() {
@@ -140,17 +141,19 @@ initrd_has() {
     out=$(initrd_view "$1") && echo "$out" &&
         has "$out" 'virtio_balloon_hp\.ko' >/dev/null &&
         has "$out" '^conf/modules: virtio_balloon_hp *$' >/dev/null &&
-        has "$out" 'modprobe\.d/virtio_balloon_hp\.conf' >/dev/null
+        has "$out" 'modprobe\.d/virtio_balloon_hp\.conf' >/dev/null &&
+        has "$out" 'scripts/init-premount/virtio-balloon-hp$' >/dev/null
 }
 initrd_clean() {
     local out
-    out=$(initrd_view "$1") && echo "${out:-(nothing of it)}" && lacks "$out" virtio_balloon_hp >/dev/null
+    out=$(initrd_view "$1") && echo "${out:-(nothing of it)}" && lacks "$out" 'virtio[_-]balloon[_-]hp' >/dev/null
 }
 leftovers() {
     local out
     out=$(cd "$R" && ls -d lib/modules/*/updates/dkms/virtio_balloon_hp* usr/src/virtio-balloon-hp-* \
         var/lib/dkms/virtio-balloon-hp lib/modprobe.d/virtio_balloon_hp.conf \
-        usr/share/initramfs-tools/modules.d/virtio-balloon-hp.conf 2>/dev/null)
+        usr/share/initramfs-tools/modules.d/virtio-balloon-hp.conf \
+        usr/share/initramfs-tools/scripts/init-premount/virtio-balloon-hp 2>/dev/null)
     echo "${out:-(none)}"
     [[ -z $out ]]
 }
@@ -167,7 +170,7 @@ expect_installed() {
     local k=$1
     check "dkms: installed for $k" has "$(dkms_state)" "$(re "$k"), x86_64: installed"
     check "modinfo on $k's module: version $VER, vermagic $k" module_info "$k"
-    check "$k's initramfs holds the module, its modprobe.d file, and loads it early" initrd_has "$k"
+    check "$k's initramfs holds the module, its modprobe.d file and boot wait, and loads it early" initrd_has "$k"
 }
 
 # Package gone: nothing of it left anywhere, initramfs images included.

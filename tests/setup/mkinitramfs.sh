@@ -4,7 +4,9 @@
 # the virtio PCI transport (when modular) and virtio_blk, copies nothing else
 # into the kernel (no balloon driver unless the command line says
 # vbhp_insmod=MODULE[,PARAM=VALUE...]), restores a hibernation image when it
-# says vbhp_resume=DISK, and runs a shell agent on /dev/ttyS1:
+# says vbhp_resume=DISK, waits as a Debian guest's initramfs does for a
+# balloon to reach its target (debian/initramfs-wait, the package's
+# init-premount script), and runs a shell agent on /dev/ttyS1:
 #   guest prints "@@VBHP-READY" once, then for each line it reads runs
 #   sh -c "$line" and writes the output (stdout+stderr) and "@@VBHP-END <rc>".
 # FILEs land in /lib/vbhp/ (on PATH); *.ko.xz and *.ko.zst are decompressed to
@@ -59,6 +61,8 @@ for f in "$@"; do
     fi
 done
 
+install -D -m 0755 "$ROOT/debian/initramfs-wait" "$STAGE/scripts/init-premount/virtio-balloon-hp"
+
 cat >"$STAGE/init" <<EOF
 #!/bin/sh
 export PATH=/bin:/sbin:/usr/bin:/usr/sbin:/lib/vbhp
@@ -86,6 +90,10 @@ for arg in $(cat /proc/cmdline); do
             echo "init: no hibernation image restored from ${arg#vbhp_resume=}" ;;
     esac
 done
+# Before the agent (userspace) starts, as a Debian guest's initramfs does
+# before it mounts the root file system: let a balloon the host gave a
+# target before the guest ran reach it.
+/scripts/init-premount/virtio-balloon-hp
 EOF
 cat >>"$STAGE/init" <<'EOF'
 # The agent runs as PID 1: the OOM killer never picks it.
