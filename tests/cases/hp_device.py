@@ -114,6 +114,10 @@ class QTest:
         return "\n".join(line for line in err.splitlines()
                          if "terminating on signal" not in line)
 
+    def clock_step(self, ms):
+        """Advance the virtual clock by @ms milliseconds (timers due run)."""
+        self.cmd("clock_step %d" % (ms * 1000000))
+
     # port I/O
     def out(self, size, addr, val, deadline=None):
         self.cmd("out%s 0x%x 0x%x" % ("bwl"[size // 2], addr, val), deadline)
@@ -586,11 +590,12 @@ def hp_device_modern_negotiation(tmp, check):
 
 @device_test
 def hp_device_realize_errors(tmp, check):
-    """Out-of-range hp-block-order values, and guard without huge blocks,
-    refuse to start the device."""
+    """Out-of-range hp-block-order and ack-delay-ms values, and guard
+    without huge blocks, refuse to start the device."""
     for props, want in (("hp-block-order=10", "must be between 1 and 9"),
                         ("hp-block-order=256", "expects uint8"),
-                        ("guard=on", "'guard' needs huge blocks")):
+                        ("guard=on", "'guard' needs huge blocks"),
+                        ("ack-delay-ms=60001", "must be between 0 and 60000")):
         p = subprocess.run([QEMU, "-machine", "pc", "-accel", "qtest",
                             "-display", "none", "-nodefaults", "-device",
                             "virtio-balloon-pci," + props],
@@ -633,3 +638,42 @@ def hp_device_guard(tmp, check):
     check(ops == [("protect", "0x800000"), ("protect", "0xa00000"),
                   ("unprotect", "0x800000")],
           "guard trace: %s" % ops)
+
+
+@device_test
+def hp_device_ack_delay(tmp, check):
+    """ack-delay-ms=1000, the slow host: an inflate buffer on either
+    protocol is served at once (its block reads as zero) but used only
+    1000 ms of the virtual clock later, in the order the buffers came; a
+    reset drops a buffer still held."""
+    trace = os.path.join(tmp, "ack.trace")
+    qt, dev, vqs = legacy_device("hp-block-order=9,ack-delay-ms=1000",
+                                 HP_FEATURES, trace)
+    ivq, hp_ivq = vqs[0], vqs[3]
+    qt.memset(8 * MIB, 2 * BLOCK, 0xa5)
+    hp_ivq.add_out([pfns(0x800)])
+    dev.notify(hp_ivq)
+    qt.clock_step(500)
+    ivq.add_out([pfns(*range(0xa00, 0xc00))])  # the 4 KiB frames of 10 MiB
+    dev.notify(ivq)
+    check(qt.read(8 * MIB, 16) == bytes(16) and
+          qt.read(12 * MIB - 16, 16) == bytes(16),
+          "both blocks discarded as their buffers came")
+    check(hp_ivq.used_idx() == 0 and ivq.used_idx() == 0,
+          "neither buffer used yet")
+    qt.clock_step(500)
+    check(hp_ivq.used_idx() == 1 and ivq.used_idx() == 0,
+          "1000 ms on: the hp buffer used, the 4 KiB one not yet")
+    qt.clock_step(500)
+    check(ivq.used_idx() == 1, "1500 ms on: the 4 KiB buffer used")
+    hp_ivq.add_out([pfns(0xc00)])
+    dev.notify(hp_ivq)
+    qt.out(1, IO_BAR + 0x12, 0)                      # reset
+    qt.clock_step(2000)
+    err = qt.close()
+    delayed = trace_lines(trace, "virtio_balloon_hp_ack_delayed")
+    dropped = [re.search(r"pending: (\d+)", line).group(1)
+               for line in trace_lines(trace, "virtio_balloon_hp_ack_dropped")]
+    check(len(delayed) == 3 and dropped == ["1"] and not err,
+          "trace: %d buffers held back, a reset dropped %s; stderr %r"
+          % (len(delayed), dropped, err))

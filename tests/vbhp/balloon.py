@@ -35,10 +35,10 @@ def guest_files(kernel, hooks=False, extra=()):
 def balloon_guest(kernel, mem_mib, hp=False, deflate_on_oom=False, hooks=False,
                   extra_files=(), files=None, trace=None, reporting=False, page_poison=True,
                   free_page_hint=False, hugetlb=False, guard=False, reference=False,
-                  hotplug=False, **kw):
+                  hotplug=False, ack_delay_ms=0, **kw):
     """A Guest with guest_files() (or @files) on Host(@hp, @deflate_on_oom,
     @reporting, @page_poison, @free_page_hint, @hugetlb, @guard, @reference,
-    @hotplug):
+    @hotplug, @ack_delay_ms):
     hp (and guard), the reference host with hp blocks of HP_ORDER, its hp
     trace events logged unless @trace names others."""
     if files is None:
@@ -46,7 +46,8 @@ def balloon_guest(kernel, mem_mib, hp=False, deflate_on_oom=False, hooks=False,
     hp = hp or guard
     host = Host(hp, deflate_on_oom, trace=HP_TRACE if hp and trace is None else trace,
                 reporting=reporting, page_poison=page_poison, free_page_hint=free_page_hint,
-                hugetlb=hugetlb, guard=guard, reference=reference, hotplug=hotplug)
+                hugetlb=hugetlb, guard=guard, reference=reference, hotplug=hotplug,
+                ack_delay_ms=ack_delay_ms)
     return Guest(kernel=kernel, mem_mib=mem_mib, files=files, host=host, **kw)
 
 

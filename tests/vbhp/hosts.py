@@ -41,16 +41,20 @@ class Host:
     device speaks the stock protocol (hp-block-order off): a comparison of
     both protocols on one QEMU (make bench);
     hotplug: the balloon sits on a PCIe root port, so QMP device_del can
-    unplug it (the root bus cannot)."""
+    unplug it (the root bus cannot);
+    ack_delay_ms: the slow host (reference host's binary): every inflate and
+    deflate buffer is used at once but returned this many ms later, so the
+    guest keeps its buffers in flight that long."""
 
     def __init__(self, hp=False, deflate_on_oom=False, trace=None, reporting=False,
                  page_poison=True, free_page_hint=False, hugetlb=False, guard=False,
-                 reference=False, hotplug=False):
+                 reference=False, hotplug=False, ack_delay_ms=0):
         self.hp, self.deflate_on_oom, self.trace = hp or guard, deflate_on_oom, trace
         self.reporting, self.page_poison = reporting, page_poison
         self.free_page_hint = free_page_hint
         self.hugetlb, self.guard, self.hotplug = hugetlb, guard, hotplug
-        self.qemu = HP_QEMU if self.hp or reference else STOCK_QEMU
+        self.ack_delay_ms = ack_delay_ms
+        self.qemu = HP_QEMU if self.hp or reference or ack_delay_ms else STOCK_QEMU
 
     def balloon_device(self):
         """The -device value of the balloon (QOM id balloon0)."""
@@ -60,6 +64,7 @@ class Host:
                 + ',page-poison=off' * (not self.page_poison)
                 + ',free-page-hint=on,iothread=vbhp-io' * self.free_page_hint
                 + ',guard=on' * self.guard
+                + f',ack-delay-ms={self.ack_delay_ms}' * bool(self.ack_delay_ms)
                 + ',bus=vbhp-port' * self.hotplug)
 
     def argv(self, mem_mib, smp, trace_log):
