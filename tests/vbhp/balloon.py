@@ -77,17 +77,25 @@ def target_reached_at(g, size, timeout=300):
     return ts['seconds'] + ts['microseconds'] / 1e6 - g.launched
 
 
-def suspend(guest):
+def can_suspend(guest):
+    """Whether suspend() can run: a kernel built without PM_DEBUG (Debian's
+    cloud flavour) has no pm_test, and a real s2idle under QEMU here never
+    wakes (an RTC alarm did not)."""
+    return guest.run('test -e /sys/power/pm_test')[0] == 0
+
+
+def suspend(guest, before=''):
     """Suspend to idle and resume, devices included (pm_test=devices): the
-    virtio device is frozen (reset) and restored.  A kernel built without
-    PM_DEBUG (Debian's cloud flavour) has no pm_test, and a real s2idle under
-    QEMU here never wakes (an RTC alarm did not): the test is skipped there."""
-    if guest.run('test -e /sys/power/pm_test')[0] != 0:
+    virtio device is frozen (reset) and restored; the test is skipped
+    where can_suspend() says no.  @before: shell commands run in the same
+    guest command just before the suspend; returns their output."""
+    if not can_suspend(guest):
         raise Skip('no /sys/power/pm_test (CONFIG_PM_DEBUG off): suspend cannot be '
                    'tested without a wakeup source')
-    guest.sh('echo devices > /sys/power/pm_test && echo freeze > /sys/power/state',
-             timeout=120)
+    out = guest.sh(f'{before}echo devices > /sys/power/pm_test && echo freeze > /sys/power/state',
+                   timeout=120)
     assert 'PM: suspend exit' in guest.sh('dmesg')
+    return out
 
 
 def fragment(guest, keep_free_mib=200):
