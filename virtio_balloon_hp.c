@@ -1735,7 +1735,7 @@ static void vbhp_zero_notice(struct vbhp *vb, unsigned long target)
 	    target <= vbhp_ram_pages(vb) / 4)
 		return;
 	vb->zero_noticed = true;
-	dev_notice(&vb->vdev->dev, "target %lu MiB is over a quarter of RAM (%lu MiB) while the kernel zeroes pages (init_on_alloc=%d init_on_free=%d): the guest writes every page it balloons (make bench, TCG: 0.58 GiB/s per vCPU at order 9) and the host backs memory it then discards; ballooning at boot wants init_on_alloc=0 on the guest kernel command line, which trades a hardening default for start time\n",
+	dev_notice(&vb->vdev->dev, "target %lu MiB is over a quarter of RAM (%lu MiB) while the kernel zeroes pages (init_on_alloc=%d init_on_free=%d): the guest writes every page it balloons (make bench, TCG: 0.44 GiB/s per vCPU at order 9) and the host backs memory it then discards; ballooning at boot wants init_on_alloc=0 on the guest kernel command line, which trades a hardening default for start time\n",
 		   target >> (20 - PAGE_SHIFT),
 		   vbhp_ram_pages(vb) >> (20 - PAGE_SHIFT),
 		   vb->init_on_alloc, vb->init_on_free);
