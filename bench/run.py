@@ -504,10 +504,15 @@ def versions(render=False):
             + ('\n- machine and binaries: those of the --render, not of the run' * render))
 
 
+def kept_path(k, quick):
+    """Where a run keeps the figures of kernel @k (quick runs apart)."""
+    return os.path.join(CACHE, f'bench-{k.short}{"-quick" * quick}.pickle')
+
+
 def figures(k, sizes, runs, args):
     """The figures of kernel @k and the minutes they took: measured now and
     kept in .cache/, or with --render those the last run kept."""
-    path = os.path.join(CACHE, f'bench-{k.short}{"-quick" * args.quick}.pickle')
+    path = kept_path(k, args.quick)
     if args.render:
         with open(path, 'rb') as f:
             kept = pickle.load(f)
@@ -529,7 +534,7 @@ def run_date(ks, args):
     """Today, or with --render the day the kept figures were measured."""
     if not args.render:
         return datetime.date.today()
-    path = os.path.join(CACHE, f'bench-{ks[-1].short}{"-quick" * args.quick}.pickle')
+    path = kept_path(ks[-1], args.quick)
     return datetime.date.fromtimestamp(os.path.getmtime(path))
 
 

@@ -31,6 +31,15 @@ def random_size(r, ram):
     return size - size % (2 * MiB if r.random() < 0.5 else PAGE)
 
 
+def settled_and_guarded(g, b, size):
+    """Set @size and wait until both sides agree; the driver's books are
+    exact and the host guards exactly the blocks the guest holds.  Returns
+    how many it guards."""
+    b.settle(size)
+    b.check()
+    return check_guard(g, b)
+
+
 @test
 def stress_random_targets(kernel):
     """Guard host: 200 random targets, three in four replaced before they
@@ -48,9 +57,7 @@ def stress_random_targets(kernel):
         for i in range(200):
             size = random_size(r, ram)
             if i % 4 == 3:
-                b.settle(size)
-                b.check()
-                check_guard(g, b)
+                settled_and_guarded(g, b, size)
                 settled += 1
             else:
                 b.set_size(size)
@@ -61,9 +68,7 @@ def stress_random_targets(kernel):
         g.log(f'{settled} targets reached and checked, {replaced} replaced mid-flight; '
               f'{s["splits"]} splits, {s["inflate_buffers"] + s["hp_inflate_buffers"]} '
               f'inflate and {s["deflate_buffers"] + s["hp_deflate_buffers"]} deflate buffers')
-        b.settle(ram)
-        b.check()
-        assert check_guard(g, b) == 0
+        assert settled_and_guarded(g, b, ram) == 0
         use_freed_memory(g, b, 700)
 
 
@@ -121,9 +126,7 @@ def stress_remove_mid_flight(kernel):
                    for i in range(6))
         g.log(f'{busy} of 6 removals came while the inflate was under way')
         assert busy, 'no removal came while the balloon was busy'
-        b.settle(512 * MiB)
-        b.check()
-        check_guard(g, b)
+        settled_and_guarded(g, b, 512 * MiB)
 
 
 @test
@@ -170,14 +173,6 @@ def suspend_mid_flight(g, b, way):
     in_flight(b, way)
     out = suspend(g, before=f"grep -E '^(hp_)?{way}_inflight:' {DEBUGFS}; ")
     return sum(int(line.split(':')[1]) for line in out.splitlines() if '_inflight:' in line)
-
-
-def settled_and_guarded(g, b, size):
-    """Set @size and wait until both sides agree; the driver's books are
-    exact and the host guards exactly the blocks the guest holds."""
-    b.settle(size)
-    b.check()
-    check_guard(g, b)
 
 
 @test
