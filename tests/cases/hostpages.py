@@ -18,7 +18,7 @@ HUGE = 2 * MiB
 def hugetlb_guest(kernel, hp=False):
     """A RAM_MIB guest backed by host hugetlb pages, with the in-tree driver
     on board; the host's pool grows for it and shrinks back after."""
-    pages = RAM_MIB * MiB // HUGE
+    pages = (RAM_MIB + kernel.checker_overhead_mib(RAM_MIB)) * MiB // HUGE  # QEMU's whole RAM
     with hugetlb_pool(pages) as added:
         if added < pages:
             raise Skip(f'the host could add only {added} of {pages} 2 MiB pages to its pool')

@@ -12,6 +12,7 @@ from . import MiB, wait_until
 from .build import build_module, selftest_progs
 from .guest import Guest
 from .hosts import HP_TRACE, Host
+from .kernels import Kernel, find_kernel
 from .runner import Skip
 
 MODULE = '/lib/vbhp/virtio_balloon_hp.ko'
@@ -58,8 +59,10 @@ def boot_ballooned(kernel, mem_mib, size, module=MODULE, params='page_order=9', 
     instruction, and the initramfs loads @module with @params before the
     agent starts, as a guest image whose initramfs carries the driver does."""
     insmod = ','.join([module] + params.split())
+    kernel = kernel if isinstance(kernel, Kernel) else find_kernel(kernel)
+    host_size = int(size) + kernel.checker_overhead_mib(mem_mib) * MiB  # as Guest.host_size()
     return balloon_guest(kernel, mem_mib, append=f'{append} vbhp_insmod={insmod}',
-                         at_start=lambda qmp: qmp.cmd('balloon', value=int(size)), **kw)
+                         at_start=lambda qmp: qmp.cmd('balloon', value=host_size), **kw)
 
 
 def od_pages(s):
@@ -72,7 +75,8 @@ def target_reached_at(g, size, timeout=300):
     """Seconds from QEMU's start to the BALLOON_CHANGE event that reported
     @size (QEMU stamps each event with the host's wall clock when it
     happens, before its rate limit holds it back)."""
-    ev = g.qmp.wait_event('BALLOON_CHANGE', lambda e: e['data']['actual'] == size, timeout)
+    ev = g.qmp.wait_event('BALLOON_CHANGE', lambda e: g.guest_size(e['data']['actual']) == size,
+                          timeout)
     ts = ev['timestamp']
     return ts['seconds'] + ts['microseconds'] / 1e6 - g.launched
 
@@ -208,12 +212,12 @@ class Balloon:
 
     def actual(self):
         """Guest memory size in bytes the device reports to the host (RAM - balloon)."""
-        return self.g.qmp.cmd('query-balloon')['actual']
+        return self.g.guest_size(self.g.qmp.cmd('query-balloon')['actual'])
 
     def set_size(self, size):
         """Ask for a guest memory size in bytes, as `balloon` in QMP does: the
         host wants the guest to have this much."""
-        self.g.qmp.cmd('balloon', value=int(size))
+        self.g.qmp.cmd('balloon', value=self.g.host_size(int(size)))
 
     def reach(self, size, timeout=SETTLE_TIMEOUT, interval=0.2):
         """Set the size and wait until the host sees it (polling QMP every
@@ -233,7 +237,7 @@ class Balloon:
                    f'debugfs current == target == {target}, nothing in flight',
                    ok=lambda s: self._settled(s, target))
         self.g.qmp.wait_event('BALLOON_CHANGE',
-                              lambda ev: ev['data']['actual'] == size, 10)
+                              lambda ev: self.g.guest_size(ev['data']['actual']) == size, 10)
         return time.monotonic() - start
 
     def host_follows(self):
@@ -241,7 +245,8 @@ class Balloon:
         host got a BALLOON_CHANGE event saying so; returns that size."""
         want = self.ram - self.stats()['current'] * 4096
         wait_until(self.actual, 10, f'QMP actual == {want}', ok=lambda a: a == want)
-        self.g.qmp.wait_event('BALLOON_CHANGE', lambda ev: ev['data']['actual'] == want, 10)
+        self.g.qmp.wait_event('BALLOON_CHANGE',
+                              lambda ev: self.g.guest_size(ev['data']['actual']) == want, 10)
         return want
 
     @staticmethod

@@ -24,7 +24,10 @@ HIBERNATE_TIMEOUT = 300  # to write the image and power off, or to restore it (T
 
 PROBLEM_PATTERNS = ('WARNING:', 'BUG:', 'Oops', 'Out of memory', 'Killed process',
                     'possible circular locking', 'possible recursive locking',
-                    'INFO: task', 'general protection fault', 'Call Trace', 'Kernel panic')
+                    'INFO: task', 'general protection fault', 'Call Trace', 'Kernel panic',
+                    'suspected memory leak', 'ODEBUG:')
+KMEMLEAK = '/sys/kernel/debug/kmemleak'
+KMEMLEAK_TIMEOUT = 300  # one scan of a KASAN kernel's memory under TCG
 
 # What an OOM-killer report prints; tolerated only in a test that expects one.
 OOM_REPORT_PATTERNS = ('Out of memory', 'Killed process', 'Call Trace')
@@ -88,6 +91,8 @@ class Guest:
                  host=None, qemu_args=(), swap_mib=0, at_start=None):
         self.kernel = kernel if isinstance(kernel, Kernel) else find_kernel(kernel)
         self.mem_mib, self.smp, self.files, self.append = mem_mib, smp, list(files), append
+        # RAM QEMU gives beyond mem_mib: what a debug kernel's checkers take
+        self.extra_mib = self.kernel.checker_overhead_mib(mem_mib)
         self.host = host or Host()
         self.qemu_args = list(qemu_args)
         self.swap_mib = swap_mib  # a virtio disk of this size to hibernate to (hibernate())
@@ -101,6 +106,8 @@ class Guest:
         self._console_text = None  # snapshot taken when QEMU stops
         self.boot_seconds = None
         self.expect_oom = False  # a test that provokes the OOM killer sets this
+        self.expect_alloc_failures = False  # ... and one that injects allocation failures
+        self._problems_from = 0  # console offset kernel_problems() reads from (forget_problems)
 
     def __enter__(self):
         started_guests.append(self)
@@ -163,7 +170,8 @@ class Guest:
         listener.listen(1)
         resume = 'vbhp_resume=vda' if self.swap_mib else ''  # see mkinitramfs.sh
         cmdline = ' '.join(f'console=ttyS0 panic=-1 {self.append} {resume}'.split())
-        argv = self.host.argv(self.mem_mib, self.smp, os.path.join(self.dir, 'trace.log'))
+        argv = self.host.argv(self.mem_mib + self.extra_mib, self.smp,
+                              os.path.join(self.dir, 'trace.log'))
         argv += ['-nodefaults', '-nographic', '-no-reboot',
                  '-kernel', self.kernel.vmlinuz, '-initrd', os.path.join(self.dir, 'initramfs.cpio.gz'),
                  '-append', cmdline,
@@ -272,6 +280,15 @@ class Guest:
         assert m.group(1) == b'0', f'hibernate command failed after restore: {out.decode(errors="replace")}'
         return saved, time.monotonic() - t0
 
+    def host_size(self, size):
+        """The guest size in bytes to tell the host (QMP balloon) for a guest
+        of @size as tests count it (mem_mib), the checkers' RAM added."""
+        return size + self.extra_mib * MiB
+
+    def guest_size(self, actual):
+        """A size the host reports (QMP actual) as tests count it."""
+        return actual - self.extra_mib * MiB
+
     def log(self, msg):
         """Report something the test measured, as TAP comment lines."""
         for line in str(msg).splitlines():
@@ -327,23 +344,51 @@ class Guest:
             f.write('5')
 
     def kernel_problems(self):
-        """Console lines that show a kernel warning, bug, oops, OOM, lockdep or hang report.
-        With self.expect_oom, the lines of OOM-killer reports themselves are not
-        problems (anything else inside them still is)."""
-        problems, in_oom = [], False
-        for line in self.console().splitlines():
+        """Console lines that show a kernel warning, bug, oops, OOM, lockdep,
+        KASAN, kmemleak, debugobjects or hang report.  With self.expect_oom,
+        the lines of OOM-killer reports themselves are not problems (anything
+        else inside them still is); with self.expect_alloc_failures, the
+        stack trace of an allocation failure report is not either."""
+        problems, in_oom, in_alloc = [], False, False
+        for line in self.console()[self._problems_from:].splitlines():
             if self.expect_oom and 'invoked oom-killer' in line:
                 in_oom = True
-            expected = in_oom and any(p in line for p in OOM_REPORT_PATTERNS)
+            if self.expect_alloc_failures and 'page allocation failure' in line:
+                in_alloc = True
+            expected = ((in_oom and any(p in line for p in OOM_REPORT_PATTERNS))
+                        or (in_alloc and 'Call Trace' in line))
             if any(p in line for p in PROBLEM_PATTERNS) and not expected:
                 problems.append(line)
             if 'Killed process' in line:
                 in_oom = False
+            if '</TASK>' in line:
+                in_alloc = False
         return problems
 
+    def forget_problems(self):
+        """Report only what the console shows from now on: for a test that
+        provoked reports on purpose and checked them."""
+        self._problems_from = len(self.console())
+
+    def kmemleak_scan(self):
+        """On a kernel with kmemleak (the debug tier), scan now and log what
+        it suspects; the scan's own console line ('N new suspected memory
+        leaks') is then a kernel problem of this guest."""
+        if (not self.kernel.config('CONFIG_DEBUG_KMEMLEAK') or self._agent is None
+                or self.proc.poll() is not None or not self.qmp.cmd('query-status')['running']):
+            return
+        out = self.sh(f'echo scan > {KMEMLEAK} && cat {KMEMLEAK}', timeout=KMEMLEAK_TIMEOUT)
+        if out.strip():
+            self.log('kmemleak:\n' + out)
+
     def close(self):
-        """Quit QEMU (over QMP, then kill after a deadline). Files stay in self.dir."""
+        """Scan for leaks (kmemleak_scan), then quit QEMU (over QMP, then kill
+        after a deadline). Files stay in self.dir."""
         if self.proc and self.proc.poll() is None:
+            try:
+                self.kmemleak_scan()
+            except Exception as e:  # noqa: BLE001  (the guest may be gone)
+                self.log(f'no kmemleak scan: {e}')
             try:
                 self.qmp.cmd('quit', timeout=5)
             except Exception:

@@ -10,6 +10,7 @@ class Kernel:
     def __init__(self, short, kver, headers):
         self.short, self.kver, self.headers = short, kver, headers
         self.root = os.path.join(CACHE, 'kernels', kver)
+        self._config = None
 
     # Debian 12: /boot/vmlinuz-KVER and /lib/modules/KVER; Debian 13 moved the
     # modules to /usr/lib/modules/KVER, and from 7.x the image is
@@ -28,6 +29,25 @@ class Kernel:
             if os.path.exists(os.path.join(self.root, p)):
                 return os.path.join(self.root, p)
         raise FileNotFoundError(f'none of {paths} in {self.root}: run tests/setup/setup.sh')
+
+    def config(self, name):
+        """The value of option @name in the kernel's .config ('y', 'm', a
+        number or a quoted string), or None where it is not set."""
+        if self._config is None:
+            with open(os.path.join(self.headers, '.config')) as f:
+                self._config = dict(line.rstrip('\n').split('=', 1) for line in f
+                                    if line.startswith('CONFIG_'))
+        return self._config.get(name)
+
+    def checker_overhead_mib(self, mem_mib):
+        """What a guest of @mem_mib MiB loses to the debug checkers: KASAN's
+        shadow (1/8 of RAM) and about 64 MiB of lockdep, kmemleak and
+        debugobjects state; 0 on a kernel without KASAN.  Guest adds it to
+        QEMU's memory (and to the sizes it tells the host), so that a test
+        sizes a debug guest as it sizes any other."""
+        if self.config('CONFIG_KASAN') != 'y':
+            return 0
+        return (mem_mib // 7 + 64) // 2 * 2
 
     def module(self, name):
         """Path of an in-tree module (.ko, .ko.xz or .ko.zst) of this kernel's image."""
@@ -71,9 +91,12 @@ def find_kernel(short):
 
 
 def kernels():
-    """Kernels from .cache/kernels.list, restricted by env VBHP_KERNELS."""
+    """Kernels from .cache/kernels.list, restricted by env VBHP_KERNELS.  A
+    debug build (tests/setup/debug-kernel.sh, short name '*-debug') runs only
+    where VBHP_KERNELS names it: make check-debug."""
     known = _known_kernels()
-    wanted = os.environ.get('VBHP_KERNELS', '').split() or list(known)
+    wanted = (os.environ.get('VBHP_KERNELS', '').split()
+              or [s for s in known if not s.endswith('-debug')])
     missing = [s for s in wanted if s not in known]
     if missing:
         raise RuntimeError(f'kernels {missing} not set up: run VBHP_KERNELS="{" ".join(wanted)}" tests/setup/setup.sh')
