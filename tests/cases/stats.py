@@ -28,10 +28,13 @@ HUGEPAGES = 4  # hugetlb pages the test allocates, so that stat-htlb-pgalloc is 
 
 
 def uapi_tags(kernel):
-    """VIRTIO_BALLOON_S_NR of the guest kernel's uapi header: how many tags it defines."""
+    """VIRTIO_BALLOON_S_NR of the guest kernel's uapi header: how many tags it
+    defines (in Debian's headers or their -common part, or, for a debug
+    kernel's build directory, in the source tree it links to)."""
     base = os.path.dirname(kernel.headers)
-    for path in [os.path.join(kernel.headers, 'include/uapi/linux/virtio_balloon.h')] + \
-            glob.glob(os.path.join(base, 'linux-headers-*-common/include/uapi/linux/virtio_balloon.h')):
+    uapi = 'include/uapi/linux/virtio_balloon.h'
+    for path in [os.path.join(kernel.headers, uapi), os.path.join(kernel.headers, 'source', uapi)] + \
+            glob.glob(os.path.join(base, 'linux-headers-*-common', uapi)):
         if os.path.exists(path):
             with open(path) as f:
                 return int(re.search(r'#define VIRTIO_BALLOON_S_NR\s+(\d+)', f.read()).group(1))
