@@ -2847,6 +2847,11 @@ static int vbhp_dev_setup(struct vbhp *vb)
 	return 0;
 
 out_del_vqs:
+	/*
+	 * find_vqs() left the queues enabled, and only a reset disables them:
+	 * without it the next probe finds them enabled and fails (-ENOENT).
+	 */
+	virtio_reset_device(vb->vdev);
 	vbhp_dev_del_vqs(vb);
 	return err;
 }
