@@ -8,7 +8,7 @@ tests/vbhp/, the tests are in tests/cases/.
 """
 import sys
 
-from cases import core, zeroing, boot, ondemand, reliability, stats, kselftest, hp_device, parity, hostpages, migration, guard, stress  # noqa: F401  (importing registers the tests, in this order)
+from cases import core, zeroing, boot, ondemand, reliability, stats, kselftest, hp_device, parity, hostpages, migration, guard, stress, debug  # noqa: F401  (importing registers the tests, in this order)
 from vbhp.runner import main
 
 if __name__ == '__main__':

@@ -1,5 +1,6 @@
 """Stress (issue 10): many random targets on the guard host, removals while
-buffers are in flight, and random module parameters.  Each run prints its
+buffers are in flight, random module parameters, and, on the debug kernel
+(make check-debug), injected allocation failures.  Each run prints its
 seed; VBHP_SEED=N repeats one.  Run by tests/run_tests.py."""
 import os
 import random
@@ -7,9 +8,9 @@ import re
 import time
 
 from vbhp import MiB, wait_until
-from vbhp.balloon import (DEBUGFS, Balloon, balloon_guest, can_suspend, check_guard, od_pages,
-                          suspend, use_freed_memory)
-from vbhp.runner import test
+from vbhp.balloon import (DEBUGFS, DRIVER, Balloon, balloon_guest, can_suspend, check_guard,
+                          od_pages, suspend, use_freed_memory)
+from vbhp.runner import Skip, test
 
 PAGE = 4096
 SLOW_ACK_MS = 1000  # the slow host returns each buffer this long after using it
@@ -262,3 +263,129 @@ def module_parameter_fuzz(kernel):
             assert g.meminfo()['MemTotal'] == b.boot_kb, params
         g.log(f'{loaded} sets loaded and worked, {refused} refused with the valid range named')
         assert loaded and refused, (loaded, refused)
+
+
+# Fault injection (Documentation/fault-injection/): the debug kernel's
+# fail_page_alloc and failslab, in debugfs.
+FAULTS = '/sys/kernel/debug'
+FAULT_ATTRS = ('fail_page_alloc', 'failslab')
+FAULT_TIMES = 1_000_000  # the budget each attribute starts with: injected = budget - what is left
+
+
+def require_faults(g):
+    """Skip unless the kernel injects allocation failures."""
+    if g.run(' && '.join(f'test -d {FAULTS}/{a}' for a in FAULT_ATTRS))[0]:
+        raise Skip('no fail_page_alloc or failslab in this kernel: make check-debug runs this')
+    # no report per injected failure (a stack dump would be a kernel problem)
+    g.sh(' && '.join(f'echo 0 > {FAULTS}/{a}/verbose' for a in FAULT_ATTRS))
+    g.expect_alloc_failures = True
+
+
+def module_text(g):
+    """The module's code as [start, end): its lowest text symbol in
+    /proc/kallsyms to its highest plus 4 KiB (kallsyms has no sizes)."""
+    out = g.sh("grep -E ' [tT] .*\\[virtio_balloon_hp\\]$' /proc/kallsyms")
+    addrs = [int(line.split()[0], 16) for line in out.splitlines()]
+    assert addrs and min(addrs), f'no text addresses of virtio_balloon_hp in /proc/kallsyms: {out}'
+    return min(addrs), max(addrs) + 4096
+
+
+def aim_faults(g, probability):
+    """Aim fail_page_alloc and failslab at the module: only page and slab
+    allocations made with its code on the stack (the stacktrace filter),
+    sleeping ones included, any order; @probability % of them fail.  With
+    0, only a task's fail-nth makes one fail, and the filter still holds."""
+    start, end = module_text(g)
+    for a in FAULT_ATTRS:
+        settings = {'times': FAULT_TIMES, 'interval': 1, 'space': 0, 'task-filter': 'N',
+                    'require-start': start, 'require-end': end, 'ignore-gfp-wait': 'N',
+                    'probability': probability}
+        if a == 'fail_page_alloc':
+            settings.update({'ignore-gfp-highmem': 'N', 'min-order': 0})
+        g.sh(' && '.join(f'echo {v} > {FAULTS}/{a}/{k}' for k, v in settings.items()))
+
+
+def faults_injected(g):
+    """Failures injected since aim_faults(), by attribute."""
+    out = g.sh('cat ' + ' '.join(f'{FAULTS}/{a}/times' for a in FAULT_ATTRS))
+    return {a: FAULT_TIMES - int(left) for a, left in zip(FAULT_ATTRS, out.split())}
+
+
+def stop_faults(g):
+    """Stop injecting; return how many failures each attribute injected."""
+    g.sh(' && '.join(f'echo 0 > {FAULTS}/{a}/probability' for a in FAULT_ATTRS))
+    return faults_injected(g)
+
+
+@test
+def stress_faults_during_inflate(kernel):
+    """Debug kernel, guard host: one in ten page and slab allocations made
+    from the module's code fails (fail_page_alloc, failslab), while the
+    balloon inflates 3/4 of the guest and deflates it, twice.  Each
+    target is still reached, the driver's books are exact, the host guards
+    exactly the blocks held, and the memory comes back whole and usable."""
+    ram = 1024 * MiB
+    with balloon_guest(kernel, ram // MiB, guard=True) as g:
+        require_faults(g)
+        b = Balloon(g)
+        b.load()
+        aim_faults(g, 10)
+        for _ in range(2):
+            settled_and_guarded(g, b, ram // 4)
+            settled_and_guarded(g, b, ram)
+        counts = stop_faults(g)
+        s = b.stats()
+        g.log(f'failures injected: {counts}; the driver counted {s["fallbacks"]} fallbacks')
+        assert counts['fail_page_alloc'], 'no page allocation of the module failed'
+        use_freed_memory(g, b, 700)
+
+
+def bind_failing_nth(g, dev, n):
+    """Bind the driver to @dev with the n-th allocation the writing task
+    makes from the module's code failing (/proc/thread-self/fail-nth,
+    under aim_faults()' filter: the driver's own allocations and the
+    kernel's on its behalf, such as the virtqueues').  Returns (bound,
+    injected)."""
+    before = sum(faults_injected(g).values())
+    rc, _ = g.run(f'echo {n} > /proc/thread-self/fail-nth && echo {dev} > {DRIVER}/bind')
+    return rc == 0, sum(faults_injected(g).values()) > before
+
+
+@test
+def faults_in_every_probe_allocation(kernel):
+    """Debug kernel: bind the driver with its first, second, third ...
+    allocation failing (fail-nth, aimed at the module's code), until a
+    bind runs out of allocations to fail.  Each bind either fails and
+    leaves nothing behind (device unbound, no debugfs, MemTotal whole) or
+    copes with the failure and works; after the walk the driver binds,
+    inflates and deflates exactly, and kmemleak finds nothing (at close)."""
+    with balloon_guest(kernel, 1024) as g:
+        require_faults(g)
+        if g.run('test -e /proc/thread-self/fail-nth')[0]:
+            raise Skip('no /proc/thread-self/fail-nth (CONFIG_FAULT_INJECTION)')
+        b = Balloon(g)
+        b.load()
+        aim_faults(g, 0)
+        dev = b.unbind()
+        refused = coped = 0
+        for n in range(1, 2000):
+            bound, injected = bind_failing_nth(g, dev, n)
+            if not injected:
+                assert bound, f'bind failed with no failure injected (n={n})'
+                break
+            if bound:
+                coped += 1  # its debugfs may be missing (creating it is allowed to fail)
+                b.reach(768 * MiB)
+                b.unbind()
+            else:
+                refused += 1
+                assert g.run(f'test -e {DRIVER}/{dev} || test -e {DEBUGFS}')[0] != 0, \
+                    f'a refused bind left the device bound or its debugfs (n={n})'
+            assert g.meminfo()['MemTotal'] == b.boot_kb, f'memory missing after bind n={n}'
+        else:
+            raise AssertionError('binds still failing after 2000 injection points')
+        g.log(f'{n - 1} allocations failed one at a time: {refused} binds refused cleanly, '
+              f'{coped} coped and worked')
+        b.settle(256 * MiB)
+        b.check()
+        b.settle(1024 * MiB)
