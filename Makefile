@@ -7,6 +7,13 @@
 #   make install          install the module and the modprobe.d blacklist
 #   make check            install test dependencies, build the patched QEMU,
 #                         run the QEMU test suite
+#   make check-debug      the debug tier: the whole QEMU suite on 6.12 and 7.3
+#                         kernels built from Debian's source with KASAN,
+#                         lockdep, DEBUG_VM, DEBUG_PAGEALLOC, kmemleak,
+#                         debugobjects and fault injection
+#                         (tests/setup/debug-kernel.sh; each build is cached
+#                         until its config or source changes).
+#                         DEBUG_KERNELS=6.12 picks one.
 #   make check-images     the image tier: Debian 12/13 guest images (built and
 #                         cached), `make deb` (or VBHP_DEB=path.deb), each image
 #                         booted with docs/cloud-init.yaml on both hosts
@@ -21,6 +28,7 @@
 #                         Version: PACKAGE_VERSION in dkms.conf (also MODULE_VERSION)
 
 KDIR ?= /lib/modules/$(shell uname -r)/build
+DEBUG_KERNELS ?= 6.12 7.3
 PYTHON ?= /usr/bin/python3
 
 all: modules
@@ -41,6 +49,13 @@ check:
 	bash tests/setup/setup.sh
 	bash host/build-qemu.sh
 	$(PYTHON) tests/run_tests.py $(TESTS)
+
+check-debug:
+	VBHP_KERNELS="$(DEBUG_KERNELS)" bash tests/setup/setup.sh
+	for k in $(DEBUG_KERNELS); do bash tests/setup/debug-kernel.sh $$k || exit 1; done
+	bash host/build-qemu.sh
+	VBHP_KERNELS="$(patsubst %,%-debug,$(DEBUG_KERNELS))" VBHP_FULL_KERNELS=all \
+		VBHP_GUEST_TESTS_ONLY=1 $(PYTHON) tests/run_tests.py $(TESTS)
 
 check-images:
 	bash tests/setup/mkimage.sh
@@ -63,4 +78,4 @@ lint:
 deb:
 	@bash debian/make-deb.sh
 
-.PHONY: all modules clean install check check-images demo bench lint deb
+.PHONY: all modules clean install check check-debug check-images demo bench lint deb
