@@ -27,7 +27,7 @@ PROBLEM_PATTERNS = ('WARNING:', 'BUG:', 'Oops', 'Out of memory', 'Killed process
                     'INFO: task', 'general protection fault', 'Call Trace', 'Kernel panic',
                     'suspected memory leak', 'ODEBUG:')
 KMEMLEAK = '/sys/kernel/debug/kmemleak'
-KMEMLEAK_TIMEOUT = 300  # one scan of a KASAN kernel's memory under TCG
+KMEMLEAK_TIMEOUT = 300  # two scans of a KASAN kernel's memory under TCG
 
 # What an OOM-killer report prints; tolerated only in a test that expects one.
 OOM_REPORT_PATTERNS = ('Out of memory', 'Killed process', 'Call Trace')
@@ -108,6 +108,7 @@ class Guest:
         self.expect_oom = False  # a test that provokes the OOM killer sets this
         self.expect_alloc_failures = False  # ... and one that injects allocation failures
         self._problems_from = 0  # console offset kernel_problems() reads from (forget_problems)
+        self.leaks = []  # first lines of the kmemleak reports of kmemleak_scan()
 
     def __enter__(self):
         started_guests.append(self)
@@ -363,22 +364,29 @@ class Guest:
                 in_oom = False
             if '</TASK>' in line:
                 in_alloc = False
-        return problems
+        return problems + [f'kmemleak: {leak}' for leak in self.leaks]
 
     def forget_problems(self):
-        """Report only what the console shows from now on: for a test that
-        provoked reports on purpose and checked them."""
+        """Report only what the console shows from now on, and no leak
+        kmemleak suspects so far: for a test that provoked reports on
+        purpose and checked them."""
         self._problems_from = len(self.console())
+        self.leaks = []
+        if self.kernel.config('CONFIG_DEBUG_KMEMLEAK'):
+            self.sh(f'echo clear > {KMEMLEAK}')  # what it suspects now is not reported again
 
     def kmemleak_scan(self):
-        """On a kernel with kmemleak (the debug tier), scan now and log what
-        it suspects; the scan's own console line ('N new suspected memory
-        leaks') is then a kernel problem of this guest."""
+        """On a kernel with kmemleak (the debug tier), scan twice and log
+        what it suspects, each a kernel problem of this guest
+        (kernel_problems).  Two scans: kmemleak reports an object only when
+        its checksum held across a scan, and a new object has none yet."""
         if (not self.kernel.config('CONFIG_DEBUG_KMEMLEAK') or self._agent is None
                 or self.proc.poll() is not None or not self.qmp.cmd('query-status')['running']):
             return
-        out = self.sh(f'echo scan > {KMEMLEAK} && cat {KMEMLEAK}', timeout=KMEMLEAK_TIMEOUT)
+        out = self.sh(f'echo scan > {KMEMLEAK} && echo scan > {KMEMLEAK} && cat {KMEMLEAK}',
+                      timeout=KMEMLEAK_TIMEOUT)
         if out.strip():
+            self.leaks.append(out.strip().splitlines()[0])
             self.log('kmemleak:\n' + out)
 
     def close(self):
