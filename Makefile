@@ -7,7 +7,7 @@
 #   make install          install the module and the modprobe.d blacklist
 #   make check            install test dependencies, build the patched QEMU,
 #                         run the QEMU test suite
-#   make check-debug      the debug tier: the whole QEMU suite on 6.12 and 7.3
+#   make check-debug      the debug tier: every guest test on 6.12 and 7.3
 #                         kernels built from Debian's source with KASAN,
 #                         lockdep, DEBUG_VM, DEBUG_PAGEALLOC, kmemleak,
 #                         debugobjects and fault injection

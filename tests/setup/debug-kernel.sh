@@ -22,7 +22,7 @@ ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 CACHE=$ROOT/.cache
 DIR=$CACHE/debug-kernel
 FRAGMENT=$ROOT/tests/setup/debug-kernel.config
-BUILD_DEPS=(gcc make bc flex bison libelf-dev libssl-dev xz-utils kmod mmdebstrap)
+BUILD_DEPS=(gcc make libc6-dev bc flex bison libelf-dev libssl-dev xz-utils kmod mmdebstrap)
 START=$SECONDS
 LOG_TAG=debug-kernel
 # shellcheck source=tests/setup/apt-lib.sh
@@ -107,7 +107,12 @@ version=$(source_version)
 [[ -n $version ]] || die "no $pkg in the trixie chroot's apt"
 src=$DIR/$pkg-$version conf=$DIR/config-$base
 mkdir -p "$DIR"
-[[ -f $src/.done ]] || fetch_source "$src"
+if [[ ! -f $src/.done ]]; then
+    # fresh lists first: the mirror may have dropped the version old ones name
+    trixie_apt_update_once
+    version=$(source_version) src=$DIR/$pkg-$version
+    [[ -f $src/.done ]] || fetch_source "$src"
+fi
 rm -rf "$conf" && mkdir -p "$conf"
 configure "$src" "$conf"
 key=$( { cat "$conf/.config"; echo "$pkg $version"; gcc --version | head -n 1; } |
@@ -120,12 +125,17 @@ else
     rm -rf "$out" && mv "$conf" "$out"
     build "$src" "$out"
     # one build and one source per kernel kept: older keys and versions go
-    find "$DIR" -mindepth 1 -maxdepth 1 \( -name "build-$base-*" ! -path "$out" \) \
-        -o \( -name "$pkg-*" ! -path "$src" \) -exec rm -rf {} +
+    find "$DIR" -mindepth 1 -maxdepth 1 \( \( -name "build-$base-*" ! -path "$out" \) \
+        -o \( -name "$pkg-*" ! -path "$src" \) \) -exec rm -rf {} +
 fi
 kver=$(<"$out/.done")
 LIST=$CACHE/kernels.list
 touch "$LIST"
-{ grep -v "^$base-debug " "$LIST" || true; echo "$base-debug $kver $out"; } | sort -V >"$LIST.new"
-mv "$LIST.new" "$LIST"
+# under setup.sh's lock: .ci/run runs this beside make check's setup.sh
+(
+    flock 9
+    { grep -v "^$base-debug " "$LIST" || true; echo "$base-debug $kver $out"; } |
+        sort -V >"$LIST.debug.new"
+    mv "$LIST.debug.new" "$LIST"
+) 9>"$LIST.lock"
 log "done in $((SECONDS - START)) s: $base-debug=$kver ($pkg $version, key $key)"

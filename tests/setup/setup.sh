@@ -147,10 +147,14 @@ for short in $KERNELS; do
     else
         log "kernel $kver already extracted"
     fi
-    # replace this kernel's line in the list, keep the others
-    { grep -v "^$short " "$LIST" || true
-      echo "$short $kver $CACHE/kernels/$kver/usr/src/linux-headers-$kver"; } | sort -V >"$LIST.new"
-    mv "$LIST.new" "$LIST"
+    # replace this kernel's line in the list, keep the others (under a lock
+    # that debug-kernel.sh takes too)
+    (
+        flock 9
+        { grep -v "^$short " "$LIST" || true
+          echo "$short $kver $CACHE/kernels/$kver/usr/src/linux-headers-$kver"; } | sort -V >"$LIST.new"
+        mv "$LIST.new" "$LIST"
+    ) 9>"$LIST.lock"
     summary+=("$short=$kver")
 done
 log "done in $((SECONDS - START)) s: ${summary[*]}; list in ${LIST#"$ROOT"/}"

@@ -82,11 +82,18 @@ def _known_kernels():
         return {k.short: k for k in (Kernel(*line.split()) for line in f if line.strip())}
 
 
+def setup_command(short):
+    """The command that sets up kernel @short."""
+    if short.endswith('-debug'):
+        return f'tests/setup/debug-kernel.sh {short[:-len("-debug")]}'
+    return f'VBHP_KERNELS={short} tests/setup/setup.sh'
+
+
 def find_kernel(short):
     """The Kernel called short ('6.1', '6.12', '6.12-cloud', '7.3') in .cache/kernels.list."""
     known = _known_kernels()
     if short not in known:
-        raise RuntimeError(f'kernel {short} not set up: run VBHP_KERNELS={short} tests/setup/setup.sh')
+        raise RuntimeError(f'kernel {short} not set up: run {setup_command(short)}')
     return known[short]
 
 
@@ -99,5 +106,6 @@ def kernels():
               or [s for s in known if not s.endswith('-debug')])
     missing = [s for s in wanted if s not in known]
     if missing:
-        raise RuntimeError(f'kernels {missing} not set up: run VBHP_KERNELS="{" ".join(wanted)}" tests/setup/setup.sh')
+        raise RuntimeError(f'kernels {missing} not set up: run '
+                           + '; '.join(setup_command(s) for s in missing))
     return [known[s] for s in wanted]
