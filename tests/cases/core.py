@@ -335,7 +335,7 @@ def hibernate_restore(kernel):
         b.settle(1024 * MiB)
         before = b.stats()
         pid = g.sh('sleep 100000 >/dev/null 2>&1 & echo $!').strip()
-        saved, restored = g.hibernate(lambda qmp: qmp.cmd('balloon', value=g.host_size(1024 * MiB)))
+        saved, restored = g.hibernate(lambda g: g.qmp.cmd('balloon', value=g.host_size(1024 * MiB)))
         g.log(f'image written and powered off in {saved:.1f} s, restored in {restored:.1f} s')
         assert g.run(f'kill -0 {pid}')[0] == 0, 'a process of the hibernated guest is gone'
         wait_until(b.actual, 120, 'refilled after restore', ok=lambda a: a == 1024 * MiB)

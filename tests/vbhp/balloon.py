@@ -12,7 +12,6 @@ from . import MiB, wait_until
 from .build import build_module, selftest_progs
 from .guest import Guest
 from .hosts import HP_TRACE, Host
-from .kernels import Kernel, find_kernel
 from .runner import Skip
 
 MODULE = '/lib/vbhp/virtio_balloon_hp.ko'
@@ -59,10 +58,9 @@ def boot_ballooned(kernel, mem_mib, size, module=MODULE, params='page_order=9', 
     instruction, and the initramfs loads @module with @params before the
     agent starts, as a guest image whose initramfs carries the driver does."""
     insmod = ','.join([module] + params.split())
-    kernel = kernel if isinstance(kernel, Kernel) else find_kernel(kernel)
-    host_size = int(size) + kernel.checker_overhead_mib(mem_mib) * MiB  # as Guest.host_size()
     return balloon_guest(kernel, mem_mib, append=f'{append} vbhp_insmod={insmod}',
-                         at_start=lambda qmp: qmp.cmd('balloon', value=host_size), **kw)
+                         at_start=lambda g: g.qmp.cmd('balloon', value=g.host_size(int(size))),
+                         **kw)
 
 
 def od_pages(s):

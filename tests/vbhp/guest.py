@@ -97,7 +97,7 @@ class Guest:
         self.qemu_args = list(qemu_args)
         self.swap_mib = swap_mib  # a virtio disk of this size to hibernate to (hibernate())
         self._earlier_console = ''  # the console of the QEMU before a hibernation
-        # at_start(qmp) runs while QEMU waits (-S) before the guest's first
+        # at_start(guest) runs while QEMU waits (-S) before the guest's first
         # instruction: what a host sets before it starts a guest (a target)
         self.at_start = at_start
         # time.time() (QMP's event clock) when QEMU started, when the agent came up
@@ -158,8 +158,8 @@ class Guest:
 
     def _launch(self, at_start=None):
         """Start QEMU on the files in self.dir and connect the agent and QMP.
-        With @at_start, QEMU starts paused (-S), at_start(qmp) runs, and
-        then the guest does."""
+        With @at_start, QEMU starts paused (-S), at_start(self) runs (QMP
+        is up, the guest is not), and then the guest does."""
         # QEMU connects to our agent socket at startup, so no guest output is lost.
         agent_path = os.path.join(self.dir, 'agent.sock')
         qmp_path = os.path.join(self.dir, 'qmp.sock')
@@ -204,7 +204,7 @@ class Guest:
         self._rbuf = b''
         self.qmp = Qmp(qmp_path)
         if at_start:
-            at_start(self.qmp)
+            at_start(self)
             self.qmp.cmd('cont')
 
     def _read_until(self, marker, deadline, what):
@@ -255,7 +255,7 @@ class Guest:
         """Hibernate to the swap disk (swap_mib), power off, and restore in a
         new QEMU on the same disk.  The agent, still waiting for its
         hibernate command to return, answers on the new QEMU's socket.  The
-        new QEMU starts paused: before_cont(qmp) sets what a host carries
+        new QEMU starts paused: before_cont(self) sets what a host carries
         over a restart (a balloon target) before any guest code runs.
         Returns the seconds to write the image and to restore it."""
         assert self.swap_mib, 'a guest to hibernate needs swap_mib'
@@ -274,7 +274,7 @@ class Guest:
         self.close()
         self._console_text = None
         t0 = time.monotonic()
-        self._launch(before_cont or (lambda qmp: None))
+        self._launch(before_cont or (lambda g: None))
         out, m = self._read_until(_READY_OR_END, t0 + HIBERNATE_TIMEOUT, 'the restored agent')
         if m.group(1) is None:
             raise AssertionError('the guest booted afresh: no hibernation image was restored')
