@@ -392,7 +392,7 @@ def faults_in_every_probe_allocation(kernel):
         # the first allocation of probe() is its device struct: refused at n=1
         assert refused, 'no bind was refused: the walk injected nothing into probe()'
         g.log(f'{n - 1} allocations failed one at a time: {refused} binds refused cleanly, '
-              f'{coped} coped and worked')
+              f'{coped} coped and bound')
         b.settle(256 * MiB)
         b.check()
         b.settle(1024 * MiB)

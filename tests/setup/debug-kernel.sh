@@ -88,7 +88,7 @@ configure() {
 # Build in $2 and install the image and modules into .cache/kernels/<kver>/.
 build() {
     local src=$1 out=$2 kver root jobs=$(($(nproc) + 1))
-    log "building (make -j$jobs bzImage modules; about 6 min on 2 cores)"
+    log "building (make -j$jobs bzImage modules; about 8 min on 2 cores)"
     make -C "$src" O="$out" -j"$jobs" bzImage modules >"$out/build.log" 2>&1 ||
         { tail -n 40 "$out/build.log" >&2; die "kernel build failed: ${out#"$ROOT"/}/build.log"; }
     kver=$(make -s -C "$src" O="$out" kernelrelease)
