@@ -5,7 +5,8 @@ import re
 import time
 
 from vbhp import MiB, wait_until
-from vbhp.balloon import HOOKS_MODULE, Balloon, alloc_ms, balloon_guest, od_pages, suspend, trace_count
+from vbhp.balloon import (HOOKS_MODULE, Balloon, alloc_ms, balloon_guest, fragment, od_pages,
+                          suspend, trace_count)
 from vbhp.build import build_module
 from vbhp.runner import test
 
@@ -242,11 +243,7 @@ def on_demand_thp_keeps_balloon(kernel):
         b.load()
         b.settle(1024 * MiB)
         g.sh(f'echo madvise > {THP}/enabled && echo madvise > {THP}/defrag')
-        fill = g.meminfo()['MemFree'] // 1024 - 128
-        g.sh(f'vbhp_fragment -m {fill} -H >/tmp/frag.log 2>&1 &')
-        out = wait_until(lambda: g.sh('cat /tmp/frag.log'), 120,
-                         'the fragmenter to hold its memory', ok=lambda o: 'holding' in o)
-        assert 'not ok' not in out, out
+        fill = fragment(g, keep_free_mib=128)
         s0, v0, actual = b.stats(), g.vmstat(), b.actual()
         free = g.meminfo()['MemFree'] * 1024
         rc, out = g.run('vbhp_alloc -H -m 256 -c 256', timeout=300)

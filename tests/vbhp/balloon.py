@@ -103,12 +103,16 @@ def suspend(guest, before=''):
 def fragment(guest, keep_free_mib=200):
     """Start vbhp_fragment -H on all but @keep_free_mib of the guest's free
     memory and wait until it holds it: no free 2 MiB block is left, the free
-    memory is single pages spread over every pageblock it filled."""
+    memory is single pages spread over every pageblock it filled.  Returns
+    the MiB it filled."""
     fill = guest.meminfo()['MemFree'] // 1024 - keep_free_mib
     guest.sh(f'vbhp_fragment -m {fill} -H >/tmp/frag.log 2>&1 &')
-    out = wait_until(lambda: guest.sh('cat /tmp/frag.log'), 120,
+    # a minute on 7.3, over two on a debug kernel beside another guest
+    out = wait_until(lambda: guest.sh('cat /tmp/frag.log'), 300,
                      'the fragmenter to hold its memory', ok=lambda out: 'holding' in out)
+    assert 'not ok' not in out, out
     guest.log(out)
+    return fill
 
 
 def unfragment(guest):
