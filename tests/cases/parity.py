@@ -143,14 +143,15 @@ def hp_reporting_keeps_queue_order(kernel):
         assert g.run('test -d /sys/module/virtio_balloon_hp')[0] != 0
 
 
-@test
-def page_poison_kept_by_host(kernel):
-    """page_poison=1 guest on a page-poison=on, deflate-on-oom=on host: the
-    poison value reaches the host (read back from its config), the host
-    then keeps reported pages (the guest poisoned all its free memory at
-    boot, so RSS stays at the whole guest), and the poison checks on
-    reallocation find nothing."""
-    with balloon_guest(kernel, 2048, reporting=True, deflate_on_oom=True,
+def page_poison_kept(kernel, hp):
+    """page_poison=1 guest on a page-poison=on, deflate-on-oom=on host (the
+    reference host with hp blocks if @hp): the poison value reaches the
+    host (read back from its config), the host then keeps reported pages
+    (the guest poisoned all its free memory at boot, so RSS stays at the
+    whole guest), and the kernel's poison check on reallocation finds
+    nothing, neither in reported pages nor in blocks the host discarded
+    on inflate and the balloon deflated."""
+    with balloon_guest(kernel, 2048, hp=hp, reporting=True, deflate_on_oom=True,
                        append='page_poison=1') as g:
         b = Balloon(g)
         b.load()
@@ -169,9 +170,25 @@ def page_poison_kept_by_host(kernel):
         assert rss >= 2048 * MiB * 9 // 10 and peak - rss < 128 * MiB, \
             'the host discarded poisoned pages'
         touch_and_free(g, 1024, grows=False)
-        assert 'pagealloc:' not in g.sh('dmesg'), 'poison check failed after reporting'
         b.settle(1024 * MiB)
         b.check()
+        s = b.stats()
+        assert not hp or (s['hp_inflate_buffers'] and not s['inflate_buffers']), s
+        b.settle(2048 * MiB)  # blocks the host discarded come back to the allocator
+        touch_and_free(g, 1024, grows=False)
+        assert 'pagealloc:' not in g.sh('dmesg'), 'poison check failed after reporting'
+
+
+@test
+def page_poison_kept_by_host(kernel):
+    """Stock QEMU: page_poison_kept()."""
+    page_poison_kept(kernel, hp=False)
+
+
+@test
+def hp_page_poison_kept_by_host(kernel):
+    """The reference host with hp blocks: page_poison_kept()."""
+    page_poison_kept(kernel, hp=True)
 
 
 @test
@@ -190,12 +207,13 @@ def poison_without_host_support_refuses_reporting(kernel):
         b.check()
 
 
-@test
-def init_on_free_reports_zero_poison(kernel):
-    """init_on_free=1 guest, deflate-on-oom=on: poison value 0 told to the
-    host, which then discards reported pages.  The guest zeroed all its free
-    memory at boot, so QEMU's RSS drops as soon as the module reports it."""
-    with balloon_guest(kernel, 2048, reporting=True, deflate_on_oom=True,
+def zero_poison_reported(kernel, hp):
+    """init_on_free=1 guest, deflate-on-oom=on (the reference host with hp
+    blocks if @hp): poison value 0 told to the host, which then discards
+    reported pages.  The guest zeroed all its free memory at boot, so
+    QEMU's RSS drops as soon as the module reports it; the balloon then
+    inflates and deflates exactly beside reporting."""
+    with balloon_guest(kernel, 2048, hp=hp, reporting=True, deflate_on_oom=True,
                        append='init_on_free=1') as g:
         b = Balloon(g)
         rss0 = qemu_rss(g)
@@ -210,6 +228,24 @@ def init_on_free_reports_zero_poison(kernel):
         g.log(f'module loaded: QEMU RSS {rss0 / MiB:.0f} -> {rss / MiB:.0f} MiB, '
               f'{b.stats()["report_pages"] >> 8} MiB reported')
         reported_drop(g, b, 1024, 640 * MiB)
+        b.settle(1024 * MiB)
+        b.check()
+        s = b.stats()
+        assert not hp or (s['hp_inflate_buffers'] and not s['inflate_buffers']), s
+        b.settle(2048 * MiB)
+        b.check()
+
+
+@test
+def init_on_free_reports_zero_poison(kernel):
+    """Stock QEMU: zero_poison_reported()."""
+    zero_poison_reported(kernel, hp=False)
+
+
+@test
+def hp_init_on_free_reports_zero_poison(kernel):
+    """The reference host with hp blocks: zero_poison_reported()."""
+    zero_poison_reported(kernel, hp=True)
 
 
 @test
