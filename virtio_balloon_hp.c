@@ -1650,7 +1650,7 @@ static int vbhp_od_oom_notify(struct notifier_block *nb, unsigned long unused,
 		.pfn_limit = ULONG_MAX,
 	};
 	unsigned long *freed = parm;
-	unsigned int tries;
+	unsigned int tries, noreclaim;
 
 	/*
 	 * Never block on vb->lock here: its holder may be in reclaim, waiting
@@ -1662,7 +1662,16 @@ static int vbhp_od_oom_notify(struct notifier_block *nb, unsigned long unused,
 			return NOTIFY_OK;
 		msleep(VBHP_OOM_LOCK_WAIT_MS);
 	}
+	/*
+	 * Our caller holds oom_lock.  An allocation of ours that reclaimed
+	 * (the ring's indirect descriptor table, or a debug kernel's own
+	 * bookkeeping) would reach the OOM path, find the lock taken and
+	 * retry for ever.  As in direct reclaim, allocate from the reserves
+	 * or fail at once: the ring then uses direct descriptors.
+	 */
+	noreclaim = memalloc_noreclaim_save();
 	*freed += vbhp_od_deflate(vb, &req);
+	memalloc_noreclaim_restore(noreclaim);
 	mutex_unlock(&vb->lock);
 	return NOTIFY_OK;
 }
