@@ -2676,11 +2676,23 @@ static int vbhp_dev_find_vqs(struct vbhp *vb)
 	return 0;
 }
 
-/* Delete the virtqueues and forget every pointer to them. */
+/*
+ * Delete the virtqueues of the reset device and forget every pointer to
+ * them.  Buffers the device never returned (it broke) are detached first:
+ * that frees the ring's indirect descriptor tables for them, which
+ * deleting the queues does not.  Our own books dropped them already.
+ */
 static void vbhp_dev_del_vqs(struct vbhp *vb)
 {
+	struct virtqueue *vq;
 	unsigned int i;
+	void *token;
 
+	virtio_device_for_each_vq(vb->vdev, vq) {
+		do {
+			token = virtqueue_detach_unused_buf(vq);
+		} while (token);
+	}
 	vb->vdev->config->del_vqs(vb->vdev);
 	for (i = 0; i < VBHP_XFER_NUM; i++)
 		vb->xfer[i].vq = NULL;
