@@ -143,6 +143,15 @@ def hp_reporting_keeps_queue_order(kernel):
         assert g.run('test -d /sys/module/virtio_balloon_hp')[0] != 0
 
 
+def inflate_on_host_queues(b, size, hp):
+    """Settle the balloon at @size and check the books; with @hp every
+    block went on the hp queues, none on the 4 KiB ones."""
+    b.settle(size)
+    b.check()
+    s = b.stats()
+    assert not hp or (s['hp_inflate_buffers'] and not s['inflate_buffers']), s
+
+
 def page_poison_kept(kernel, hp):
     """page_poison=1 guest on a page-poison=on, deflate-on-oom=on host (the
     reference host with hp blocks if @hp): the poison value reaches the
@@ -170,10 +179,7 @@ def page_poison_kept(kernel, hp):
         assert rss >= 2048 * MiB * 9 // 10 and peak - rss < 128 * MiB, \
             'the host discarded poisoned pages'
         touch_and_free(g, 1024, grows=False)
-        b.settle(1024 * MiB)
-        b.check()
-        s = b.stats()
-        assert not hp or (s['hp_inflate_buffers'] and not s['inflate_buffers']), s
+        inflate_on_host_queues(b, 1024 * MiB, hp)
         b.settle(2048 * MiB)  # blocks the host discarded come back to the allocator
         touch_and_free(g, 1024, grows=False)
         assert 'pagealloc:' not in g.sh('dmesg'), 'poison check failed after reporting'
@@ -228,10 +234,7 @@ def zero_poison_reported(kernel, hp):
         g.log(f'module loaded: QEMU RSS {rss0 / MiB:.0f} -> {rss / MiB:.0f} MiB, '
               f'{b.stats()["report_pages"] >> 8} MiB reported')
         reported_drop(g, b, 1024, 640 * MiB)
-        b.settle(1024 * MiB)
-        b.check()
-        s = b.stats()
-        assert not hp or (s['hp_inflate_buffers'] and not s['inflate_buffers']), s
+        inflate_on_host_queues(b, 1024 * MiB, hp)
         b.settle(2048 * MiB)
         b.check()
 
