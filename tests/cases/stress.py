@@ -270,6 +270,7 @@ def module_parameter_fuzz(kernel):
 FAULTS = '/sys/kernel/debug'
 FAULT_ATTRS = ('fail_page_alloc', 'failslab')
 FAULT_TIMES = 1_000_000  # the budget each attribute starts with: injected = budget - what is left
+FAULT_LEFT = ' '.join(f'{FAULTS}/{a}/times' for a in FAULT_ATTRS)  # what is left, in FAULT_ATTRS order
 
 
 def require_faults(kernel):
@@ -311,7 +312,7 @@ def aim_faults(g, probability):
 
 def faults_injected(g):
     """Failures injected since aim_faults(), by attribute."""
-    out = g.sh('cat ' + ' '.join(f'{FAULTS}/{a}/times' for a in FAULT_ATTRS))
+    out = g.sh(f'cat {FAULT_LEFT}')
     return {a: FAULT_TIMES - int(left) for a, left in zip(FAULT_ATTRS, out.split())}
 
 
@@ -354,10 +355,9 @@ def bind_failing_nth(g, dev, n):
     0.4 s on the debug kernel, and the walk has a hundred points.
     Returns (bound, injected, MemTotal in kB, what is left: the device
     still bound, or the driver's debugfs; empty when nothing is)."""
-    times = ' '.join(f'{FAULTS}/{a}/times' for a in FAULT_ATTRS)
-    out = g.sh(f'before=$(cat {times}); '
+    out = g.sh(f'before=$(cat {FAULT_LEFT}); '
                f'echo {n} > /proc/thread-self/fail-nth && echo {dev} 2>/dev/null > {DRIVER}/bind; '
-               f'bound=$?; after=$(cat {times}); '
+               f'bound=$?; after=$(cat {FAULT_LEFT}); '
                f'if [ $bound = 0 ]; then echo {dev} > {DRIVER}/unbind; fi; '
                f'left=; test -e {DRIVER}/{dev} && left=device-bound; '
                f'test -e {DEBUGFS} && left="$left debugfs"; '
