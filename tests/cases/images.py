@@ -27,7 +27,7 @@ IMAGES = {
     'deb12-6.1': ('6.1.',),
     'deb13-6.12': ('6.12.',),
     'deb13-6.12-cloud': ('6.12.',),
-    'deb13-7.3': ('6.12.', '7.'),  # trixie's 6.12 headers stay beside backports' 7.x
+    'deb13-7.3': ('7.',),
 }
 HOSTS = ('stock', 'hp')
 MEM_MIB = 2048

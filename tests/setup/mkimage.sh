@@ -8,8 +8,7 @@
 #   deb12-6.1         Debian 12, its 6.1 kernel (linux-image-amd64)
 #   deb13-6.12        Debian 13, its 6.12 kernel, generic flavour
 #   deb13-6.12-cloud  Debian 13, its 6.12 kernel, cloud flavour
-#   deb13-7.3         Debian 13 with trixie-backports' 7.x kernel, keeping
-#                     trixie's 6.12 kernel and headers (DKMS builds for both)
+#   deb13-7.3         Debian 13 with trixie-backports' 7.x kernel only
 #
 # Every image has systemd, cloud-init, dkms, gcc, make, initramfs-tools and
 # the headers of its kernels; DKMS builds inside the guest, with the guest's
@@ -30,10 +29,11 @@ source "$ROOT/tests/setup/apt-lib.sh"
 # What every image carries besides its kernel.
 BASE=(systemd-sysv udev kmod e2fsprogs cloud-init dkms gcc make libc6-dev initramfs-tools)
 
-# Sets SUITE (the release), SUITES (apt suites), KERNEL (packages) and
-# UPGRADE (packages then installed from trixie-backports) for image $1.
+# Sets SUITE (the release), SUITES (apt suites), KERNEL (packages from
+# SUITE) and BACKPORTS (packages then installed from trixie-backports) for
+# image $1.
 recipe() {
-    UPGRADE=
+    KERNEL='' BACKPORTS=''
     case $1 in
     deb12-6.1)
         SUITE=bookworm SUITES="bookworm bookworm-updates bookworm-security"
@@ -45,11 +45,10 @@ recipe() {
         SUITE=trixie SUITES="trixie trixie-updates trixie-security"
         KERNEL="linux-image-cloud-amd64 linux-headers-cloud-amd64" ;;
     deb13-7.3)
-        # trixie's 6.12 first, then the metapackages move to backports' 7.x:
-        # the 6.12 image and headers stay, as on an upgraded system.
+        # backports' 7.x alone: one DKMS build in the guest, so that CI can
+        # afford this boot (the 6.12 images cover trixie's own kernel)
         SUITE=trixie SUITES="trixie trixie-updates trixie-security trixie-backports"
-        KERNEL="linux-image-amd64 linux-headers-amd64"
-        UPGRADE="linux-image-amd64 linux-headers-amd64" ;;
+        BACKPORTS="linux-image-amd64 linux-headers-amd64" ;;
     *) die "unknown image '$1': valid names are ${ALL[*]}" ;;
     esac
 }
@@ -89,8 +88,8 @@ CFG
 # The cache key: everything above that decides what goes into the image.
 recipe_text() {
     recipe "$1"
-    printf 'name=%s suite=%s suites=%s\nbase=%s\nkernel=%s\nupgrade=%s\nsize=%s\n' \
-        "$1" "$SUITE" "$SUITES" "${BASE[*]}" "$KERNEL" "$UPGRADE" "$DISK_SIZE"
+    printf 'name=%s suite=%s suites=%s\nbase=%s\nkernel=%s\nbackports=%s\nsize=%s\n' \
+        "$1" "$SUITE" "$SUITES" "${BASE[*]}" "$KERNEL" "$BACKPORTS" "$DISK_SIZE"
     declare -f configure_root
     initramfs_hook
 }
@@ -118,11 +117,11 @@ build() {
                  --setup-hook="$(initramfs_hook)"
                  --setup-hook='mkdir -p "$1/var/cache/apt/archives"'
                  --setup-hook="sync-in $IMAGES/archives /var/cache/apt/archives")
-    [[ -n $UPGRADE ]] && hooks+=(--customize-hook="chroot \"\$1\" apt-get install -y -q -t trixie-backports $UPGRADE")
+    [[ -n $BACKPORTS ]] && hooks+=(--customize-hook="chroot \"\$1\" apt-get install -y -q -t trixie-backports $BACKPORTS")
     hooks+=(--customize-hook="sync-out /var/cache/apt/archives $IMAGES/archives")
     mkdir -p "$IMAGES/archives"
     mmdebstrap --variant=apt --components=main \
-        --include="$(echo "${BASE[@]}" "$KERNEL" | tr ' ' ,)" \
+        --include="$(IFS=,; echo "${BASE[*]}")${KERNEL:+,${KERNEL// /,}}" \
         "${hooks[@]}" "$SUITE" "$tmp/root" "${src[@]}" >"$tmp/mmdebstrap.log" 2>&1 ||
         { tail -30 "$tmp/mmdebstrap.log" >&2; die "$name: mmdebstrap failed, log in $tmp/mmdebstrap.log"; }
     configure_root "$tmp/root" "$name"
