@@ -14,6 +14,7 @@ from vbhp.runner import Skip, test
 
 PAGE = 4096
 SLOW_ACK_MS = 1000  # the slow host returns each buffer this long after using it
+IN_FLIGHT_TIMEOUT = 30  # s: a target set to buffers out
 
 
 def rng(g, what):
@@ -163,16 +164,21 @@ def stress_pressure_during_inflate(kernel):
 def in_flight(b, way):
     """Wait until the driver has @way ('inflate' or 'deflate') buffers out;
     return how many."""
-    s = wait_until(b.stats, 30, f'{way} buffers in flight',
+    s = wait_until(b.stats, IN_FLIGHT_TIMEOUT, f'{way} buffers in flight',
                    ok=lambda s: buffers_out(s, way) > 0, interval=0.05)
     return buffers_out(s, way)
 
 
-def suspend_mid_flight(g, b, way):
-    """Once @way buffers are out, suspend; returns how many the driver had
-    out as the suspend began (read in the same guest command)."""
-    in_flight(b, way)
-    out = suspend(g, before=f"grep -E '^(hp_)?{way}_inflight:' {DEBUGFS}; ")
+def suspend_mid_flight(g, way):
+    """Suspend as soon as @way buffers are out; returns how many the driver
+    had out as the suspend began.  The wait, the count and the suspend are
+    one guest command: on a debug kernel two agent round trips outlasted
+    the host's 1 s hold on the last buffer."""
+    counts = f"grep -E '^(hp_)?{way}_inflight:' {DEBUGFS}"
+    wait = (f'end=$(($(date +%s) + {IN_FLIGHT_TIMEOUT})); '
+            f'until out=$({counts}); echo "$out" | grep -q ": *[1-9]" || '
+            f'[ $(date +%s) -ge $end ]; do :; done; echo "$out"; ')
+    out = suspend(g, before=wait)
     return sum(int(line.split(':')[1]) for line in out.splitlines() if '_inflight:' in line)
 
 
@@ -206,7 +212,7 @@ def stress_slow_host(kernel):
                                    ('deflate', ram // 4, ram // 2)):
                 b.settle(start)
                 b.set_size(to)
-                seen[f'suspend mid-{way}'] = suspend_mid_flight(g, b, way)
+                seen[f'suspend mid-{way}'] = suspend_mid_flight(g, way)
                 assert seen[f'suspend mid-{way}'], f'no {way} buffer out as the suspend began'
                 settled_and_guarded(g, b, to)
         else:
