@@ -6,7 +6,7 @@ import time
 
 from vbhp import MiB, wait_until
 from vbhp.balloon import (HOOKS_MODULE, Balloon, alloc_ms, balloon_guest, fragment, od_pages,
-                          suspend, trace_count)
+                          suspend, trace_count, unfragment)
 from vbhp.build import build_module
 from vbhp.runner import test
 
@@ -264,5 +264,5 @@ def on_demand_thp_keeps_balloon(kernel):
         given = (s0['current'] - s['current']) * 4096 // MiB
         assert od_events(s) == od_events(s0) and not given, f'balloon gave {given} MiB'
         assert b.actual() == actual, (actual, b.actual())
-        g.sh('killall vbhp_fragment')
+        unfragment(g)
         b.check()
