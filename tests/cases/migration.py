@@ -10,29 +10,45 @@ from vbhp.runner import test
 COMPACT_TIMEOUT = 300  # s: a full compaction of a 1 GiB guest under TCG
 
 
+COMPACTION_END = '/sys/kernel/debug/tracing/events/compaction/mm_compaction_end'
+
+
 def compact(g):
-    """Compact every zone (synchronous: returns when it is done)."""
+    """Compact every zone (synchronous: returns when it is done).  Returns
+    where each zone's two scanners stopped, from the mm_compaction_end
+    trace event."""
+    g.sh(f'echo 1 > {COMPACTION_END}/enable; echo > /sys/kernel/debug/tracing/trace')
     g.sh('echo 1 > /proc/sys/vm/compact_memory', timeout=COMPACT_TIMEOUT)
+    ends = g.sh("grep -o 'zone_start.*' /sys/kernel/debug/tracing/trace")
+    g.sh(f'echo 0 > {COMPACTION_END}/enable')
+    return '; '.join(ends.splitlines())
+
+
+HELD_TOP = 128  # MiB: the fragmenter's highest frames, free again for compaction
 
 
 def compaction_case(kernel, order):
-    """A fragmented 1 GiB guest (vbhp_fragment holds every other page) takes
-    256 MiB of balloon at page_order=@order, so order-0 blocks fill the
-    holes; the fragmenter then exits and a full compaction must move
+    """A fragmented 1 GiB guest takes 256 MiB of balloon at
+    page_order=@order, so order-0 blocks fill the holes.  vbhp_fragment
+    leaves its holes only in the low frames and holds its highest
+    HELD_TOP MiB whole, so the ballooned pages lie below memory that is
+    free once it exits: compaction's migration scanner, walking up from
+    the zone's start, reaches them before it meets the free scanner
+    wherever the kernel placed the fill.  A full compaction must then move
     ballooned pages (the kernel's balloon_migrate count and ours agree),
     with the host's actual, MemTotal and every count exact, also through a
     deflate and rmmod."""
     with balloon_guest(kernel, 1024) as g:
         b = Balloon(g)
         b.load(f'page_order={order}')
-        fragment(g)
+        fragment(g, held_top_mib=HELD_TOP)
         size = 768 * MiB
         b.settle(size)
         b.check()
         unfragment(g)
         vm0, s0 = g.vmstat(), b.stats()
         assert s0['held_o0'] > 0, f'no order-0 block to move: {s0}'
-        compact(g)
+        scanners = compact(g)
         vm = g.vmstat()
         moved_vm = vm.get('balloon_migrate', 0) - vm0.get('balloon_migrate', 0)
         s = b.stats()
@@ -42,7 +58,8 @@ def compaction_case(kernel, order):
               f'{vm["compact_isolated"] - vm0["compact_isolated"]} pages isolated, '
               f'driver counted {moved}; busy {s.get("migrate_busy", 0)}; '
               f'inflate buffers +{s["inflate_buffers"] - s0["inflate_buffers"]}, '
-              f'deflate buffers +{s["deflate_buffers"] - s0["deflate_buffers"]}')
+              f'deflate buffers +{s["deflate_buffers"] - s0["deflate_buffers"]}; '
+              f'scanners: {scanners}')
         assert moved_vm > 0, 'compaction moved no ballooned page'
         assert moved == moved_vm, f'driver counted {moved}, the kernel {moved_vm}'
         # Each migration is one inflate and one deflate of one frame.
