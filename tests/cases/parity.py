@@ -152,7 +152,7 @@ def inflate_on_host_queues(b, size, hp):
     assert not hp or (s['hp_inflate_buffers'] and not s['inflate_buffers']), s
 
 
-def need_page_poisoning(kernel):
+def require_page_poisoning(kernel):
     """Skip where page_poison=1 poisons nothing: a kernel built without
     CONFIG_PAGE_POISONING (6.12-cloud), whose driver rightly offers no
     PAGE_POISON and keeps reporting on."""
@@ -168,7 +168,7 @@ def page_poison_kept(kernel, hp):
     whole guest), and the kernel's poison check on reallocation finds
     nothing, neither in reported pages nor in blocks the host discarded
     on inflate and the balloon deflated."""
-    need_page_poisoning(kernel)
+    require_page_poisoning(kernel)
     with balloon_guest(kernel, 2048, hp=hp, reporting=True, deflate_on_oom=True,
                        append='page_poison=1') as g:
         b = Balloon(g)
@@ -210,7 +210,7 @@ def hp_page_poison_kept_by_host(kernel):
 def poison_without_host_support_refuses_reporting(kernel):
     """page_poison=1 guest on a host without page-poison: no reporting (the
     host could not keep the poison), and the balloon works."""
-    need_page_poisoning(kernel)
+    require_page_poisoning(kernel)
     with balloon_guest(kernel, 1024, reporting=True, page_poison=False,
                        append='page_poison=1') as g:
         b = Balloon(g)
