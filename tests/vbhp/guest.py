@@ -20,6 +20,9 @@ BOOT_TIMEOUT = 120
 _READY = re.compile(rb'(?m)^@@VBHP-READY\n')
 _END = re.compile(rb'(?m)^@@VBHP-END (\d+)\n')
 _READY_OR_END = re.compile(rb'(?m)^@@VBHP-(?:READY|END (\d+))\n')
+# what the kernel prints as it hands over to the initramfs's /init or the
+# root file system's init: nothing of ours can have run before this line
+_INIT_STARTED = re.compile(r'Run \S+ as init process')
 HIBERNATE_TIMEOUT = 300  # to write the image and power off, or to restore it (TCG)
 
 PROBLEM_PATTERNS = ('WARNING:', 'BUG:', 'Oops', 'Out of memory', 'Killed process',
@@ -46,12 +49,17 @@ started_guests = []  # guests started by the running test; the runner checks and
 
 def boot_crash(console, problems, proc):
     """What crashed a boot that never came up: the first of its kernel
-    problem lines, or QEMU's exit (a silent reset, such as a triple fault,
-    which -no-reboot turns into an exit with nothing on the console).  None
-    when there is neither, or when the console names our driver (the crash
-    may be ours)."""
+    problem lines, QEMU's exit (a silent reset, such as a triple fault,
+    which -no-reboot turns into an exit with nothing on the console), or a
+    kernel that went silent before it started any init (seen: 6.1 under
+    TCG stopped at 1.2 s after "pnp: PnP ACPI: found 6 devices", with no
+    RCU stall report in the next 120 s).  None when there is none of them,
+    or when the console names our driver (the crash may be ours)."""
     if proc.poll() is not None:
         problems = problems + [f'QEMU exited ({proc.returncode}) before the guest came up']
+    elif not _INIT_STARTED.search(console):
+        last = console.rstrip().rpartition('\n')[2].strip()
+        problems = problems + [f'kernel hung before it started init; last console line: {last!r}']
     if problems and 'virtio_balloon_hp' not in console:
         return problems[0]
     return None
