@@ -36,7 +36,8 @@ copy_in() {
 }
 
 # /init links busybox's applets (busybox --install -s): one process in the
-# guest, where a link here cost two forks per applet, 4.4 s of each boot
+# guest, where a link here cost two forks per applet (this script took
+# 4.4 s per boot with them, 0.3 s without)
 install -D /bin/busybox "$STAGE/bin/busybox"
 mkdir -p "$STAGE"/{sbin,usr/bin,usr/sbin}
 ln -s busybox "$STAGE/bin/sh"
