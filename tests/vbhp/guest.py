@@ -12,7 +12,7 @@ import time
 from . import CACHE, TESTS_DIR, MiB
 from .hosts import Host
 from .kernels import Kernel, find_kernel
-from .qmp import Qmp
+from .qmp import Qmp, QmpError
 
 RUN_DIR = os.path.join(CACHE, 'run')
 BOOT_TIMEOUT = 120
@@ -30,6 +30,11 @@ PROBLEM_PATTERNS = ('WARNING:', 'BUG:', 'Oops', 'Out of memory', 'Killed process
                     'INFO: task', 'general protection fault', 'Call Trace', 'Kernel panic',
                     'suspected memory leak', 'ODEBUG:')
 KMEMLEAK = '/sys/kernel/debug/kmemleak'
+# A command that outlives its timeout is sampled this many times (vCPU
+# places, a second apart), then given this long to end: past the kernel's
+# hung-task timeout (120 s), so that a task blocked all along is reported.
+STALL_SAMPLES = 3
+STALL_GRACE = 150
 KMEMLEAK_TIMEOUT = 300  # two scans of a KASAN kernel's memory under TCG
 
 # What an OOM-killer report prints; tolerated only in a test that expects one.
@@ -256,12 +261,47 @@ class Guest:
         if '\n' in cmd:  # the agent reads one line per command
             cmd = f'eval "$(echo {base64.b64encode(cmd.encode()).decode()} | base64 -d)"'
         self._agent.sendall(cmd.encode() + b'\n')
+        t0 = time.monotonic()
         try:
-            out, m = self._read_until(_END, time.monotonic() + timeout, f'guest command ({timeout} s): {cmd}')
-        except (TimeoutError, ConnectionError):
-            self._agent = None  # the agent is still busy: its next output would be out of step
+            out, m = self._read_until(_END, t0 + timeout, f'guest command ({timeout} s): {cmd}')
+        except ConnectionError:
+            self._agent = None
             raise
+        except TimeoutError as e:
+            raise TimeoutError(f'{e}; {self._stall_report(t0)}') from None
         return int(m.group(1)), out.decode(errors='replace')
+
+    def _stall_report(self, t0):
+        """After a command outlived its timeout: where each vCPU is (a few
+        samples), then whether the command ends within STALL_GRACE more
+        seconds.  A task blocked that long also gets the kernel's hung-task
+        report (120 s) on the console, a kernel problem of this guest.  A
+        command that ends late leaves the agent in step; one that does not
+        leaves it unusable (its next output would be out of step)."""
+        samples = [self.vcpu_places()]
+        for _ in range(STALL_SAMPLES - 1):
+            time.sleep(1)
+            samples.append(self.vcpu_places())
+        where = ' | '.join(', '.join(s) for s in samples)
+        try:
+            _, m = self._read_until(_END, time.monotonic() + STALL_GRACE, 'the late command')
+        except (TimeoutError, ConnectionError):
+            self._agent = None
+            return f'still running {time.monotonic() - t0:.0f} s after it started; vCPUs at: {where}'
+        return f'it ended {time.monotonic() - t0:.1f} s after it started (exit code {m.group(1).decode()}); vCPUs at: {where}'
+
+    def vcpu_places(self):
+        """Each vCPU's instruction pointer, as 'cpu0 function+0xoff' where
+        the kernel's System.map is at hand (the debug kernels' build), else
+        the bare address; read off QEMU's monitor, so it works while the
+        guest agent is busy."""
+        try:
+            regs = self.qmp.cmd('human-monitor-command', timeout=10,
+                                **{'command-line': 'info registers -a'})
+        except (OSError, QmpError) as e:  # QEMU gone or stuck too
+            return [f'(no answer from QEMU: {e})']
+        rips = [int(r, 16) for r in re.findall(r'RIP=([0-9a-f]+)', regs)]
+        return [f'cpu{i} {self.kernel.symbolize(rip)}' for i, rip in enumerate(rips)]
 
     def sh(self, cmd, timeout=60):
         """Run a command; return its output; raise if its exit code is not 0."""

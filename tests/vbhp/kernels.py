@@ -1,4 +1,5 @@
 """The guest kernels: .cache/kernels.list, written by tests/setup/setup.sh."""
+import bisect
 import os
 
 from . import CACHE
@@ -11,6 +12,7 @@ class Kernel:
         self.short, self.kver, self.headers = short, kver, headers
         self.root = os.path.join(CACHE, 'kernels', kver)
         self._config = None
+        self._symbols = None  # (address, name) of System.map's text symbols, sorted
 
     # Debian 12: /boot/vmlinuz-KVER and /lib/modules/KVER; Debian 13 moved the
     # modules to /usr/lib/modules/KVER, and from 7.x the image is
@@ -48,6 +50,26 @@ class Kernel:
         if self.config('CONFIG_KASAN') != 'y':
             return 0
         return (mem_mib // 7 + 64) // 2 * 2
+
+    def symbolize(self, addr):
+        """'function+0xoff' for a kernel text address, from the System.map
+        beside the headers (a debug kernel's build has one); else the
+        address in hex."""
+        if self._symbols is None:
+            self._symbols = []
+            path = os.path.join(self.headers, 'System.map')
+            if os.path.exists(path):
+                with open(path) as f:
+                    for line in f:
+                        value, kind, name = line.split()[:3]
+                        if kind in 'tTwW':
+                            self._symbols.append((int(value, 16), name))
+                self._symbols.sort()
+        i = bisect.bisect_right(self._symbols, (addr, '\uffff')) - 1
+        if i < 0 or addr - self._symbols[i][0] > 0x10000:
+            return hex(addr)
+        value, name = self._symbols[i]
+        return f'{name}+{addr - value:#x}'
 
     def module(self, name):
         """Path of an in-tree module (.ko, .ko.xz or .ko.zst) of this kernel's image."""
