@@ -9,8 +9,10 @@
  * rounds of bounded size, under vbhp->lock.  Inflating allocates naturally
  * aligned blocks without __GFP_COMP and without retrying, reclaiming hard or
  * invoking the OOM killer; when a block of the current order cannot be had
- * the round drops to the next lower order, down to order 0, and every new
- * round starts again at page_order.  Inflation also stops while less than
+ * the round drops to a lower order: the next one whose blocks are kept
+ * whole, else straight to order 0, which leaves the guest's free blocks of
+ * the orders between to the guest (vbhp_inflate_fallback_order()); every
+ * new round starts again at page_order.  Inflation also stops while less than
  * reserve_mb of memory would stay available in the zones the balloon
  * allocates from, so a host asking for more than the guest can give gets
  * what can be given and the guest keeps running.
@@ -21,9 +23,10 @@
  * marked PageOffline so dump tools and /proc/kcore readers skip it.  Only a
  * deflate that must end on a frame count smaller than the smallest held
  * block splits one block into order-0 pages (split_page()).  Blocks
- * smaller than a pageblock and not of the host's block order (fallback
- * blocks, and every block with page_order below pageblock order on a host
- * of 4 KiB frames) are split as they join the balloon: see "Migration".
+ * smaller than a pageblock and not of the host's block order (a round's
+ * last blocks, sized to what the target still wants, and every block with
+ * page_order below pageblock order on a host of 4 KiB frames) are split as
+ * they join the balloon: see "Migration".
  *
  * Allocating is most of an inflate's cost when the kernel zeroes what it
  * allocates (init_on_alloc=1), so with inflate_workers > 1 a round's blocks
@@ -280,7 +283,7 @@ static void vbhp_blk_set_offline(struct page *page, unsigned int order,
 
 /*
  * Blocks of a pageblock or more are unmovable allocations: they take whole
- * pageblocks and mix with nothing.  Smaller (fallback) blocks use the
+ * pageblocks and mix with nothing.  Smaller blocks use the
  * movable migratetype, without __GFP_HIGHMEM so never from ZONE_MOVABLE:
  * as unmovable allocations they would steal and convert the movable
  * pageblocks of a fragmented guest, which compaction then no longer uses,
@@ -914,8 +917,36 @@ static bool vbhp_inflate_reserve_hit(struct vbhp *vb, unsigned int order)
 }
 
 /*
+ * vbhp_inflate_fallback_order() - the order to try after @order failed
+ * @vb: the balloon
+ * @order: the order no block was had at, above 0
+ *
+ * The next lower order whose blocks the balloon keeps whole (a pageblock or
+ * more, or the host's block order), else 0.  A block it would hold as
+ * order-0 pieces (vbhp_blk_in_pieces()) gives the host nothing that single
+ * pages do not, yet it is a free block of the kind the guest's own
+ * allocations above order 0 need: fork's task_struct and, without
+ * VMAP_STACK, its stack; order-1 page tables; most slabs.  The kernel
+ * reclaims, compacts and at last OOM-kills rather than fail those of up to
+ * PAGE_ALLOC_COSTLY_ORDER.  In a fragmented guest a balloon working down
+ * through the orders takes the last free block of each (the buddy
+ * allocator hands out the smallest block that fits) and leaves only single
+ * pages; order 0 takes the single pages first and leaves the blocks.  It
+ * costs more allocations, nothing else.
+ *
+ * Return: the order to try next.
+ */
+static unsigned int vbhp_inflate_fallback_order(struct vbhp *vb,
+						unsigned int order)
+{
+	while (--order && vbhp_blk_in_pieces(vb, order))
+		;
+	return order;
+}
+
+/*
  * Allocate a block of at most @frames 4 KiB frames, at the round's order or
- * the next lower ones; NULL when memory is short even at order 0.
+ * the fallback orders below it; NULL when memory is short even at order 0.
  */
 static struct page *vbhp_inflate_get_block(struct vbhp *vb,
 					   unsigned long frames)
@@ -930,7 +961,7 @@ static struct page *vbhp_inflate_get_block(struct vbhp *vb,
 		page = vbhp_blk_alloc(vb, order);
 		if (page || !order)
 			return page;
-		order--;
+		order = vbhp_inflate_fallback_order(vb, order);
 		vb->alloc_order = order;
 		vbhp_count(&vb->stats[VBHP_STAT_FALLBACK], 1);
 	}
@@ -973,7 +1004,7 @@ static int vbhp_fill_claim(struct vbhp *vb)
 /*
  * A claimed block of @order was not had: give its frames back.  @short
  * (the reserve was hit) or a failure at order 0 ends the round; otherwise
- * the round, all of its workers, drops to the next lower order.
+ * the round, all of its workers, drops to the fallback order.
  */
 static void vbhp_fill_unclaim(struct vbhp *vb, unsigned int order,
 			      bool short_of_memory)
@@ -984,7 +1015,7 @@ static void vbhp_fill_unclaim(struct vbhp *vb, unsigned int order,
 	if (short_of_memory || !order) {
 		vb->fill_stop = true;
 	} else if (vb->alloc_order >= order) {
-		vb->alloc_order = order - 1;
+		vb->alloc_order = vbhp_inflate_fallback_order(vb, order);
 		vbhp_count(&vb->stats[VBHP_STAT_FALLBACK], 1);
 	}
 	spin_unlock(&vb->fill_lock);

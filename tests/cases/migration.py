@@ -111,7 +111,7 @@ def offline_block(g, block):
 @test
 def small_blocks_let_memory_offline(kernel):
     """page_order=8 on stock QEMU: blocks below a pageblock are movable
-    allocations (as every fallback block of orders 1 to 8 is).  Held as
+    allocations (as every block below a pageblock is).  Held as
     order-0 pieces they migrate, so memory blocks that hold them go
     offline (two are tried for, from the top, each put back online before
     the next), the host told of every move; held whole, none of those
