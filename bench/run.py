@@ -98,11 +98,8 @@ class Run:
 
     def free_huge_mib(self):
         """Guest free memory in blocks of order >= 9, from /proc/buddyinfo."""
-        mib = 0
-        for line in self.g.sh('cat /proc/buddyinfo').splitlines():
-            counts = [int(c) for c in line.split()[4:]]
-            mib += sum(c << (o - 8) for o, c in enumerate(counts) if o >= 9)
-        return mib
+        return sum(c << (o - 8) for counts in self.g.buddyinfo().values()
+                   for o, c in enumerate(counts) if o >= 9)
 
     def move(self, size, timeout=900):
         """Set the guest size; return seconds until the host sees it."""

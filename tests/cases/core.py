@@ -125,10 +125,9 @@ def small_free_blocks(g):
     zones the balloon allocates from, as /proc/buddyinfo counts them: the
     count per order, and the 4 KiB frames in them all."""
     counts = [0] * 8
-    for line in g.sh('cat /proc/buddyinfo').splitlines():
-        f = line.replace(',', ' ').split()
-        if f[3] in ('DMA32', 'Normal'):
-            counts = [c + int(n) for c, n in zip(counts, f[5:13])]
+    for zone, free in g.buddyinfo().items():
+        if zone in ('DMA32', 'Normal'):
+            counts = [c + n for c, n in zip(counts, free[1:9])]
     return counts, sum(n << (order + 1) for order, n in enumerate(counts))
 
 

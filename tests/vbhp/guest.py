@@ -96,6 +96,18 @@ def parse_vmstat(text):
     return {k: int(v) for k, v in (line.split() for line in text.splitlines())}
 
 
+def parse_buddyinfo(text):
+    """/proc/buddyinfo text as {zone name: free blocks per order, from 0},
+    the nodes summed."""
+    zones = {}
+    for line in text.splitlines():
+        f = line.replace(',', ' ').split()
+        counts = [int(n) for n in f[4:]]
+        have = zones.setdefault(f[3], [0] * len(counts))
+        zones[f[3]] = [a + b for a, b in zip(have, counts)]
+    return zones
+
+
 class Guest:
     """A QEMU guest running a kernel from kernels.list with the initramfs agent.
     Files of each run (initramfs, console.log, qemu.log, sockets) live in a temp
@@ -361,6 +373,10 @@ class Guest:
     def vmstat(self):
         """/proc/vmstat as a dict of ints."""
         return parse_vmstat(self.sh('cat /proc/vmstat'))
+
+    def buddyinfo(self):
+        """/proc/buddyinfo: free blocks per order, per zone (parse_buddyinfo)."""
+        return parse_buddyinfo(self.sh('cat /proc/buddyinfo'))
 
     def meminfo_vmstat(self):
         """/proc/meminfo and /proc/vmstat read in one shell command, as close
