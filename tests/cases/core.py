@@ -163,11 +163,17 @@ def fragmented_case(kernel, hp):
               f'({left[1]} frames)')
         assert s['fallbacks'] > 0, s
         assert b.held_below(9) * 4096 >= 64 * MiB, s
-        # Taking them, the balloon left 22% of the frames (7.3, 2026-12-02)
-        # and on 7.3-debug no free block above order 1: fork's order-3
-        # stack could not be had and the OOM killer ran.
+        # Walking down one order at a time, the balloon left 9% and 0% of
+        # these frames (7.3, 2026-12-02), and on 7.3-debug no free block
+        # above order 1: fork's order-3 stack could not be had and the OOM
+        # killer ran.  Going straight to order 0 it keeps most of them, but
+        # not all: the target takes nearly all free memory, and once the
+        # movable single pages are gone the page allocator itself splits a
+        # block of another migratetype, largest first.  Kept so far: 91-100%,
+        # and 67% once in CI (one order-8, one order-6 and one order-5 block
+        # gone), hence half, which the old walk misses by far.
         assert small[1] >= 128, f'too few free blocks of orders 1-8 to judge: {small}'
-        assert left[1] * 4 >= small[1] * 3, \
+        assert left[1] * 2 >= small[1], \
             f'the balloon took the free blocks of orders 1-8: {small} before, {left} after'
         if hp:
             hp_bufs = trace_count(g, 'virtio_balloon_hp_buffer', queue='hp_inflate')
